@@ -1,0 +1,89 @@
+"""WSConfig: every setting of the library, read from the environment and a `.env` file.
+
+A bad value fails when WSConfig() is built, and pydantic's message names the variable.
+Not for per-call options: those are method arguments.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["WSConfig"]
+
+
+def _generated_server_id() -> str:
+    return f"server-{uuid.uuid4().hex[:12]}"
+
+
+class WSConfig(BaseSettings):
+    """Settings named exactly as the environment variables that set them."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # Backend selection
+    BACKEND_TYPE: Literal["memory", "redis"] = "memory"
+    REDIS_URL: str = "redis://localhost:6379/0"
+    REDIS_CHANNEL_PREFIX: str = "ws:"
+    REDIS_REGISTRY_EXPIRY: int = Field(default=30, ge=2)
+    REDIS_GROUP_EXPIRY: int = Field(default=86400, ge=1)
+
+    # Heartbeat
+    WS_ENABLE_HEARTBEAT: bool = True
+    WS_HEARTBEAT_INTERVAL: float = Field(default=30.0, gt=0)
+    WS_HEARTBEAT_TIMEOUT: float = Field(default=60.0, gt=0)
+
+    # Frames and the outbound buffer of each connection
+    WS_MAX_MESSAGE_SIZE: int = Field(default=10 * 1024 * 1024, gt=0)
+    WS_OUTBOUND_QUEUE_MESSAGES: int = Field(default=1024, ge=1)
+    WS_OUTBOUND_QUEUE_BYTES: int = Field(default=4 * 1024 * 1024, ge=1)
+    WS_SLOW_CONSUMER_POLICY: Literal["close", "drop_oldest", "drop_newest"] = "close"
+    WS_CLOSE_TIMEOUT: float = Field(default=5.0, gt=0)
+
+    # Broker reconnection
+    WS_RECONNECT_MAX_ATTEMPTS: int = Field(default=5, ge=0)
+    WS_RECONNECT_DELAY: float = Field(default=5.0, ge=0)
+
+    # Limits
+    MAX_CONNECTIONS_PER_CLIENT: int = Field(default=1000, ge=1)
+    MAX_TOTAL_CONNECTIONS: int = Field(default=200_000, ge=1)
+    MAX_TOTAL_GROUPS: int = Field(default=5_000_000, ge=1)
+
+    # Encoding of dict messages into frames
+    WS_SERIALIZER: Literal["orjson", "json", "pickle"] = "orjson"
+    WS_ALLOW_PICKLE: bool = False
+
+    # Identity and observability
+    SERVER_INSTANCE_ID: str = Field(default_factory=_generated_server_id)
+    LOG_LEVEL: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
+    LOG_STATS: bool = True
+    WS_STATS_INTERVAL: float = Field(default=60.0, gt=0)
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("SERVER_INSTANCE_ID")
+    @classmethod
+    def _check_server_id(cls, value: str) -> str:
+        # The server id is the routing prefix of every channel name and part of topic names.
+        from fastapi_channels.routing import validate_server_id
+
+        return validate_server_id(value)
+
+    @model_validator(mode="after")
+    def _pickle_needs_opt_in(self) -> WSConfig:
+        # Unpickling untrusted bytes runs arbitrary code: pickle is never a silent default.
+        if self.WS_SERIALIZER == "pickle" and not self.WS_ALLOW_PICKLE:
+            raise ValueError("WS_SERIALIZER=pickle requires WS_ALLOW_PICKLE=true (pickle can run code)")
+        return self

@@ -1,0 +1,182 @@
+"""Pure routing: name rules, topic names, channel names and the envelope that crosses a backend.
+
+No I/O lives here, so every rule is testable without sockets or a broker. A name is
+validated before it becomes a topic or a key, so no caller can reach outside its prefix.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from fastapi_channels.exceptions import ValidationError
+
+__all__ = [
+    "BROADCAST_TOPIC",
+    "MAX_NAME_LENGTH",
+    "Envelope",
+    "broadcast_topic",
+    "decode_envelope",
+    "encode_control",
+    "encode_frame_envelope",
+    "encode_personal",
+    "group_topic",
+    "inbox_topic",
+    "new_channel_name",
+    "server_of",
+    "user_topic",
+    "validate_name",
+    "validate_server_id",
+]
+
+MAX_NAME_LENGTH: Final = 100
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.@+\-]+")
+_SEPARATOR: Final = "!"
+
+BROADCAST_TOPIC: Final = "broadcast"
+
+
+def validate_name(kind: str, value: object) -> str:
+    """Return `value` if it is a valid group, user or connection name, else raise ValidationError."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(
+            f"{kind} name must be a non-empty string",
+            error_code="INVALID_NAME",
+            details={"kind": kind},
+        )
+    if len(value) > MAX_NAME_LENGTH or _NAME_RE.fullmatch(value) is None:
+        raise ValidationError(
+            f"{kind} name must be 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 _ . @ + -",
+            error_code="INVALID_NAME",
+            details={"kind": kind, "max_length": MAX_NAME_LENGTH},
+        )
+    return value
+
+
+def validate_server_id(value: str) -> str:
+    """Server ids follow the same rule as names: they prefix channel names and topics."""
+    try:
+        return validate_name("server", value)
+    except ValidationError as exc:
+        raise ValueError(exc.message) from exc
+
+
+def group_topic(group: str) -> str:
+    return "group:" + group
+
+
+def user_topic(user_id: str) -> str:
+    return "user:" + user_id
+
+
+def inbox_topic(server_id: str) -> str:
+    return "inbox:" + server_id
+
+
+def broadcast_topic() -> str:
+    return BROADCAST_TOPIC
+
+
+def new_channel_name(server_id: str, connection_id: str | None = None) -> str:
+    """A channel name says which server owns the connection: `<server_id>!<token>`."""
+    token = uuid.uuid4().hex if connection_id is None else validate_name("connection", connection_id)
+    return server_id + _SEPARATOR + token
+
+
+def server_of(channel_name: str) -> str:
+    """The server that owns `channel_name`; ValidationError when it is not a channel name."""
+    server, sep, token = channel_name.partition(_SEPARATOR) if isinstance(channel_name, str) else ("", "", "")
+    if not sep or not server or not token:
+        raise ValidationError(
+            "not a channel name (expected '<server_id>!<token>')",
+            error_code="INVALID_CHANNEL_NAME",
+            details={"channel_name": str(channel_name)[:200]},
+        )
+    return server
+
+
+# --- Envelope: what a topic carries ------------------------------------------------------------
+#
+#   t<utf-8 text>                       a text frame for every local target of the topic
+#   b<bytes>                            a binary frame for every local target of the topic
+#   x<4-byte length><json list>(t|b)... the same, minus the listed channel names
+#   p<channel name>\n(t|b)...           a frame for one connection (server inbox only)
+#   c<json object>                      a control command for the owning server (inbox only)
+
+_TEXT: Final = 0x74  # b"t"
+_BINARY: Final = 0x62  # b"b"
+_EXCEPT: Final = 0x78  # b"x"
+_PERSONAL: Final = 0x70  # b"p"
+_CONTROL: Final = 0x63  # b"c"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded topic payload: a frame with its targets, or a control command."""
+
+    frame: str | bytes | None = None
+    exclude: frozenset[str] = frozenset()
+    channel_name: str | None = None
+    control: dict[str, object] | None = None
+
+
+def _frame_part(frame: str | bytes) -> bytes:
+    if isinstance(frame, str):
+        return b"t" + frame.encode()
+    return b"b" + frame
+
+
+def _decode_frame(data: bytes) -> str | bytes:
+    if not data:
+        raise ValueError("empty envelope")
+    kind = data[0]
+    if kind == _TEXT:
+        return data[1:].decode()
+    if kind == _BINARY:
+        return data[1:]
+    raise ValueError(f"unknown frame kind {kind!r}")
+
+
+def encode_frame_envelope(frame: str | bytes, exclude: frozenset[str] | set[str] = frozenset()) -> bytes:
+    if not exclude:
+        return _frame_part(frame)
+    header = orjson.dumps(sorted(exclude))
+    return b"x" + len(header).to_bytes(4, "big") + header + _frame_part(frame)
+
+
+def encode_personal(channel_name: str, frame: str | bytes) -> bytes:
+    return b"p" + channel_name.encode() + b"\n" + _frame_part(frame)
+
+
+def encode_control(command: dict[str, object]) -> bytes:
+    return b"c" + orjson.dumps(command)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Decode a topic payload; ValueError on anything malformed (a backend logs and drops it)."""
+    if not data:
+        raise ValueError("empty envelope")
+    kind = data[0]
+    if kind in (_TEXT, _BINARY):
+        return Envelope(frame=_decode_frame(data))
+    if kind == _EXCEPT:
+        size = int.from_bytes(data[1:5], "big")
+        names = orjson.loads(data[5 : 5 + size])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("exclude list must be a list of channel names")
+        return Envelope(frame=_decode_frame(data[5 + size :]), exclude=frozenset(names))
+    if kind == _PERSONAL:
+        name, sep, rest = data[1:].partition(b"\n")
+        if not sep:
+            raise ValueError("personal envelope without a channel name")
+        return Envelope(frame=_decode_frame(rest), channel_name=name.decode())
+    if kind == _CONTROL:
+        command = orjson.loads(data[1:])
+        if not isinstance(command, dict):
+            raise ValueError("control envelope must hold an object")
+        return Envelope(control=command)
+    raise ValueError(f"unknown envelope kind {kind!r}")
