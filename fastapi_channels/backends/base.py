@@ -1,0 +1,121 @@
+"""BaseBackend: the one interface between a manager and the cluster it belongs to.
+
+A backend does two things. It carries envelopes on topics (publish/subscribe, one
+subscription per topic per server, never per connection), and it holds the cluster state a
+single server cannot know alone: connection slots per user and in total, group membership
+and the group count. Every check-and-change is one atomic operation (`add_connection`,
+`group_add`), never read-then-write. Topics are given unprefixed; a backend adds its own
+namespace. A backend never imports the manager.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+from enum import StrEnum
+
+__all__ = ["Admission", "BackendEventListener", "BaseBackend", "MessageHandler"]
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+"""Called with (topic, payload) for each envelope on a subscribed topic; must not block."""
+
+BackendEventListener = Callable[[str, BaseException | None], None]
+"""Called with ("lost", error) when the backend stops delivering and ("recovered", None) when it
+delivers again; messages published in between may be lost, so apps can tell clients to resync."""
+
+
+class Admission(StrEnum):
+    """The answer of `add_connection`."""
+
+    ACCEPTED = "accepted"
+    USER_LIMIT = "user_limit"
+    TOTAL_LIMIT = "total_limit"
+
+
+class BaseBackend(abc.ABC):
+    """Topics plus cluster state. Methods marked *cluster-wide* see every server's entries."""
+
+    name: str = "base"
+
+    def __init__(self) -> None:
+        self._listeners: list[BackendEventListener] = []
+
+    def add_event_listener(self, listener: BackendEventListener) -> None:
+        """Be told of outages ("lost") and recoveries ("recovered")."""
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, error: BaseException | None) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(event, error)
+            except Exception:
+                logger.exception("backend event listener failed on %r", event)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def start(self, server_id: str, on_message: MessageHandler) -> None:
+        """Connect, and deliver every envelope of a subscribed topic to `on_message`."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Release this server's state and connections; the backend can be started again."""
+
+    # --- topics --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Hand `payload` to every server subscribed to `topic`: one broker operation."""
+
+    @abc.abstractmethod
+    async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> int:
+        """Publish on a user's topic; return the user's connection count (cluster-wide), atomically."""
+
+    @abc.abstractmethod
+    async def subscribe(self, topic: str) -> None:
+        """Subscribe this server to `topic` (idempotent)."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, topic: str) -> None:
+        """Unsubscribe this server from `topic` (idempotent)."""
+
+    # --- connections (cluster-wide) -------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_connection(
+        self, channel_name: str, user_id: str | None, *, max_per_user: int, max_total: int
+    ) -> Admission:
+        """Take a connection slot under both limits in one atomic step."""
+
+    @abc.abstractmethod
+    async def remove_connection(self, channel_name: str, user_id: str | None) -> None:
+        """Give back the slot of a connection (idempotent)."""
+
+    @abc.abstractmethod
+    async def count_connections(self) -> int:
+        """Connections across the cluster."""
+
+    @abc.abstractmethod
+    async def count_user_connections(self, user_id: str) -> int:
+        """Connections of one user across the cluster."""
+
+    # --- groups (cluster-wide) -------------------------------------------------------------------
+    @abc.abstractmethod
+    async def group_add(self, group: str, channel_name: str, *, max_groups: int) -> bool:
+        """Record membership; False (and no change) when `group` is new and the cluster has `max_groups`."""
+
+    @abc.abstractmethod
+    async def group_discard(self, group: str, channel_name: str) -> None:
+        """Forget a membership (idempotent); a group with no members is gone."""
+
+    @abc.abstractmethod
+    async def group_members(self, group: str) -> set[str]:
+        """Channel names of a group across the cluster."""
+
+    @abc.abstractmethod
+    async def group_size(self, group: str) -> int:
+        """Member count of a group across the cluster."""
+
+    @abc.abstractmethod
+    async def count_groups(self) -> int:
+        """Groups with at least one member across the cluster."""

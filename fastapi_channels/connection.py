@@ -1,0 +1,278 @@
+"""Connection: one WebSocket, its bounded outbound buffer and the single task that writes to it.
+
+Everything sent to a socket goes through `enqueue`, which never blocks and never awaits, so
+a fan-out loop costs one append per recipient and a slow or dead client can only fill its
+own buffer. When the buffer is full the overflow policy decides (close with 1013 by
+default, or drop the oldest or the newest frame) and the event is counted.
+
+Not for routing or indexes: that is the manager's and the registry's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any, Literal
+
+from starlette.types import Message as ASGIMessage
+from starlette.websockets import WebSocket
+
+from fastapi_channels.exceptions import CloseCode
+from fastapi_channels.stats import Counters
+
+__all__ = ["Connection", "ConnectionState", "OverflowPolicy"]
+
+logger = logging.getLogger(__name__)
+
+OverflowPolicy = Literal["close", "drop_oldest", "drop_newest"]
+
+
+class ConnectionState(StrEnum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Connection:
+    """A live WebSocket connection owned by this server."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        channel_name: str,
+        user_id: str | None,
+        metadata: dict[str, Any] | None,
+        *,
+        counters: Counters,
+        on_closed: Callable[[Connection], Awaitable[None]],
+        max_messages: int = 1024,
+        max_bytes: int = 4 * 1024 * 1024,
+        policy: OverflowPolicy = "close",
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.websocket = websocket
+        self.channel_name = channel_name
+        self.user_id = user_id
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.groups: set[str] = set()
+        self.state = ConnectionState.OPEN
+        self.close_code: int | None = None
+        self.connected_at = time.time()
+        self.last_seen = time.monotonic()
+        self.last_ping = 0.0
+        self.messages_sent = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.bytes_received = 0
+        self.messages_dropped = 0
+
+        self._counters = counters
+        self._on_closed = on_closed
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._policy: OverflowPolicy = policy
+        self._close_timeout = close_timeout
+        self._buffer: deque[str | bytes] = deque()
+        self._buffered_bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._peer_gone = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.channel_name} user={self.user_id!r} {self.state}>"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer and watch incoming frames (liveness, counters, peer disconnect)."""
+        self._watch_receive()
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_loop(), name=f"fastapi-channels-writer:{self.channel_name}"
+        )
+        self._writer.add_done_callback(self._writer_done)
+
+    def _watch_receive(self) -> None:
+        # Wrapping the ASGI receive callable sees every frame however the app reads it
+        # (websocket.receive(), receive_text(), iter_json() ...): any frame is liveness, and a
+        # disconnect from the peer unregisters the connection even if the app forgets to.
+        original = self.websocket._receive
+
+        async def receive() -> ASGIMessage:
+            message = await original()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                self.last_seen = time.monotonic()
+                payload = message.get("text")
+                if payload is None:
+                    payload = message.get("bytes") or b""
+                self.messages_received += 1
+                self.bytes_received += len(payload)
+                self._counters.messages_received += 1
+                self._counters.bytes_received += len(payload)
+            elif kind == "websocket.disconnect":
+                self._peer_gone = True
+                self.close(CloseCode.NORMAL_CLOSURE)
+            return message
+
+        self.websocket._receive = receive
+
+    def close(
+        self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "", *, flush: bool = True
+    ) -> asyncio.Task[None]:
+        """Start closing (idempotent): flush or drop the buffer, send the close frame, unregister.
+
+        Returns the task doing it; `await connection.wait_closed()` to wait for the end.
+        """
+        if self._closer is None:
+            if self.state is ConnectionState.OPEN:
+                self.state = ConnectionState.CLOSING
+            self.close_code = int(code)
+            self._closer = asyncio.get_running_loop().create_task(
+                self._finish(int(code), reason, flush), name=f"fastapi-channels-close:{self.channel_name}"
+            )
+            self._wake_writer()
+        return self._closer
+
+    async def wait_closed(self, timeout: float | None = None) -> None:
+        closer = self._closer if self._closer is not None else self.close()
+        await asyncio.wait_for(asyncio.shield(closer), timeout)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is ConnectionState.OPEN
+
+    # --- sending -------------------------------------------------------------------------------
+    def enqueue(self, frame: str | bytes) -> bool:
+        """Queue one pre-encoded frame without blocking; False when it was not queued."""
+        if self.state is not ConnectionState.OPEN:
+            return False
+        size = len(frame)
+        buffer = self._buffer
+        if len(buffer) >= self._max_messages or self._buffered_bytes + size > self._max_bytes:
+            return self._overflow(frame, size)
+        buffer.append(frame)
+        self._buffered_bytes += size
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    @property
+    def buffered_messages(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered_bytes
+
+    def _overflow(self, frame: str | bytes, size: int) -> bool:
+        counters = self._counters
+        if self._policy == "close":
+            dropped = len(self._buffer) + 1
+            self._drop_buffer()
+            self._count_dropped(dropped)
+            counters.slow_consumer_closes += 1
+            logger.warning(
+                "closing slow consumer %s (user %s): outbound buffer full", self.channel_name, self.user_id
+            )
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer", flush=False)
+            return False
+        if self._policy == "drop_newest" or size > self._max_bytes:
+            self._count_dropped(1)
+            return False
+        buffer = self._buffer
+        dropped = 0
+        while buffer and (len(buffer) >= self._max_messages or self._buffered_bytes + size > self._max_bytes):
+            self._buffered_bytes -= len(buffer.popleft())
+            dropped += 1
+        self._count_dropped(dropped)
+        return self.enqueue(frame)
+
+    def _count_dropped(self, count: int) -> None:
+        self.messages_dropped += count
+        self._counters.messages_dropped += count
+
+    def _drop_buffer(self) -> None:
+        self._buffer.clear()
+        self._buffered_bytes = 0
+
+    def _wake_writer(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _write_loop(self) -> None:
+        buffer = self._buffer
+        send = self.websocket.send
+        counters = self._counters
+        loop = asyncio.get_running_loop()
+        while True:
+            if buffer:
+                frame = buffer.popleft()
+                size = len(frame)
+                self._buffered_bytes -= size
+                if frame.__class__ is str:
+                    await send({"type": "websocket.send", "text": frame})
+                else:
+                    await send({"type": "websocket.send", "bytes": frame})
+                self.messages_sent += 1
+                self.bytes_sent += size
+                counters.messages_sent += 1
+                counters.bytes_sent += size
+            elif self.state is ConnectionState.OPEN:
+                waiter = self._waiter = loop.create_future()
+                await waiter
+            else:
+                return
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        # The socket refused a write: the peer is gone or the server is closing it.
+        self._counters.send_failures += 1
+        self._peer_gone = True
+        logger.debug("send to %s failed: %r", self.channel_name, error)
+        self.close(CloseCode.INTERNAL_ERROR, flush=False)
+
+    async def _finish(self, code: int, reason: str, flush: bool) -> None:
+        try:
+            writer = self._writer
+            if writer is not None and not writer.done():
+                if flush and not self._peer_gone:
+                    self._wake_writer()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(writer), self._close_timeout)
+                if not writer.done():
+                    writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
+            if self._buffer:
+                self._count_dropped(len(self._buffer))
+                self._drop_buffer()
+            if not self._peer_gone:
+                await self._send_close(code, reason)
+        finally:
+            self.state = ConnectionState.CLOSED
+            try:
+                await self._on_closed(self)
+            except Exception:
+                logger.exception("cleanup of %s failed", self.channel_name)
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.websocket.close(code, reason[:120]), self._close_timeout)
+        except Exception as exc:
+            # The peer is gone or not reading: nothing more can be said to it over ASGI.
+            logger.debug("close frame to %s not sent: %r", self.channel_name, exc)
