@@ -1,0 +1,43 @@
+-- Reclaim the state of servers whose liveness key expired, a bounded batch per call.
+-- KEYS[1] servers zset, KEYS[2] group index zset
+-- ARGV[1] key prefix, ARGV[2] batch size
+-- Returns the number of entries reclaimed; the caller repeats while it is positive.
+local prefix = ARGV[1]
+local batch = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local done = 0
+for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  if redis.call('EXISTS', prefix .. 'alive:' .. server) == 0 then
+    local conns_key = prefix .. 'srv:' .. server .. ':conns'
+    local members_key = prefix .. 'srv:' .. server .. ':members'
+    local fields = redis.call('HRANDFIELD', conns_key, batch, 'WITHVALUES')
+    for i = 1, #fields, 2 do
+      local channel, user = fields[i], fields[i + 1]
+      if user ~= '' then
+        redis.call('SREM', prefix .. 'users:' .. user, channel)
+      end
+      redis.call('HDEL', conns_key, channel)
+      done = done + 1
+    end
+    for _, entry in ipairs(redis.call('SPOP', members_key, batch)) do
+      local group, channel = string.match(entry, '^(.-)|(.*)$')
+      if group then
+        local group_key = prefix .. 'group:' .. group
+        redis.call('SREM', group_key, channel)
+        if redis.call('SCARD', group_key) == 0 then
+          redis.call('DEL', group_key)
+          redis.call('ZREM', KEYS[2], group)
+        end
+      end
+      done = done + 1
+    end
+    if redis.call('EXISTS', conns_key) == 0 and redis.call('EXISTS', members_key) == 0 then
+      redis.call('ZREM', KEYS[1], server)
+    end
+    if done >= batch then
+      return done
+    end
+  end
+end
+return done
