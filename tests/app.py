@@ -1,0 +1,91 @@
+"""A small app speaking a command protocol that exercises every manager method from a socket."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from fastapi_channels import ConnectionManager, WSConfig
+from fastapi_channels.exceptions import BaseError
+
+
+def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, ConnectionManager]:
+    manager = ConnectionManager(ws_config=config, **manager_options)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await manager.start_tasks()
+        yield
+        await manager.stop_tasks(timeout=5)
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.websocket("/ws/{user_id}")
+    async def endpoint(websocket: WebSocket, user_id: str) -> None:
+        connection = await manager.connect(websocket, user_id=user_id)
+        name = connection.channel_name
+        await manager.send_personal(name, {"type": "hello", "channel_name": name})
+        try:
+            while True:
+                command = await websocket.receive_json()
+                try:
+                    await run(command, name)
+                except BaseError as exc:
+                    await manager.send_personal(name, exc.to_response().to_dict())
+        except WebSocketDisconnect:
+            await manager.disconnect(name)
+        except Exception:
+            await manager.disconnect(name, 1011)
+
+    async def run(command: dict[str, Any], name: str) -> None:
+        op = command.get("op")
+        data = command.get("data")
+        if op == "join":
+            await manager.join_group(command.get("channel", name), command["group"])
+            await manager.send_personal(name, {"type": "joined", "group": command["group"]})
+        elif op == "leave":
+            await manager.leave_group(command.get("channel", name), command["group"])
+            await manager.send_personal(name, {"type": "left", "group": command["group"]})
+        elif op == "group":
+            await manager.send_to_group(command["group"], {"type": "group", "data": data})
+        elif op == "group_except":
+            await manager.send_group_except(command["group"], {"type": "group", "data": data}, name)
+        elif op == "user":
+            count = await manager.send_to_user(command["user"], {"type": "user", "data": data})
+            await manager.send_personal(name, {"type": "user_sent", "count": count})
+        elif op == "personal":
+            await manager.send_personal(command["to"], {"type": "personal", "data": data})
+        elif op == "broadcast":
+            await manager.broadcast({"type": "broadcast", "data": data})
+        elif op == "disconnect":
+            await manager.disconnect(command["channel"], command.get("code", 1000))
+        elif op == "echo":
+            await manager.send_personal(name, {"type": "echo", "data": data})
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return manager.get_stats()
+
+    @app.get("/cluster")
+    async def cluster(group: str = "g", user: str = "u") -> dict[str, Any]:
+        return {
+            "connections": await manager.count_connections(),
+            "groups": await manager.count_groups(),
+            "group_size": await manager.group_size(group),
+            "group_members": sorted(await manager.group_members(group)),
+            "user_connections": await manager.count_user_connections(user),
+        }
+
+    @app.post("/send/{group}")
+    async def send(group: str, text: str) -> dict[str, Any]:
+        await manager.send_to_group(group, {"type": "group", "data": text})
+        return {"ok": True}
+
+    return app, manager
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory tests.app:app_from_env`: configuration from the environment."""
+    return create_app(WSConfig())[0]
