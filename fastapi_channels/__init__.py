@@ -7,6 +7,7 @@ backend) or many servers sharing Redis, with the same API.
 from fastapi_channels.backends import BaseBackend, MemoryBackend
 from fastapi_channels.config import WSConfig
 from fastapi_channels.connection import Connection, ConnectionState
+from fastapi_channels.consumer import BaseConsumer
 from fastapi_channels.exceptions import BaseError, CloseCode, ErrorResponse
 from fastapi_channels.manager import ConnectionManager, get_manager
 from fastapi_channels.messages import Message
@@ -14,6 +15,7 @@ from fastapi_channels.registry import ConnectionRegistry
 
 __all__ = [
     "BaseBackend",
+    "BaseConsumer",
     "BaseError",
     "CloseCode",
     "Connection",

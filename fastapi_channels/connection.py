@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from starlette.types import Message as ASGIMessage
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fastapi_channels.exceptions import CloseCode
 from fastapi_channels.stats import Counters
@@ -117,6 +117,12 @@ class Connection:
             elif kind == "websocket.disconnect":
                 self._peer_gone = True
                 self.close(CloseCode.NORMAL_CLOSURE)
+                # Raise like Starlette's receive_text() does, so a loop over websocket.receive()
+                # (the README's endpoint) ends in its `except WebSocketDisconnect` branch.
+                self.websocket.client_state = WebSocketState.DISCONNECTED
+                raise WebSocketDisconnect(
+                    message.get("code", CloseCode.NORMAL_CLOSURE), message.get("reason")
+                )
             return message
 
         self.websocket._receive = receive

@@ -1,0 +1,242 @@
+"""BaseConsumer: the application's handler for one connection.
+
+`handle_message` turns a client frame into a `Message`, answers heartbeats, runs the
+middleware chain and hands the result to `receive`. Every failure becomes an error frame:
+errors that keep the connection are answered and swallowed, so the endpoint's receive loop
+goes on; errors that end it are answered and re-raised for the endpoint to close with
+their `ws_code` (the README's endpoint does exactly that). An unexpected exception becomes
+a SystemError frame whose error_id is in the server log next to the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+import pydantic
+
+from fastapi_channels.exceptions import BaseError, CloseCode, MessageError, SystemError, ValidationError
+from fastapi_channels.messages import Message
+
+if TYPE_CHECKING:
+    from fastapi_channels.connection import Connection
+    from fastapi_channels.manager import ConnectionManager
+    from fastapi_channels.middleware.base import Middleware
+
+__all__ = ["BaseConsumer"]
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_TYPES = frozenset({"ping", "pong"})
+
+
+class BaseConsumer:
+    """Subclass it per endpoint; override `connect`, `receive` (or `on_<type>` methods), `on_disconnect`.
+
+    `message_types` maps a message type to a pydantic model its `data` must satisfy; the
+    validated model replaces `message.data` before `receive` sees it.
+    """
+
+    message_types: ClassVar[dict[str, type[pydantic.BaseModel]]] = {}
+
+    def __init__(
+        self,
+        connection: Connection,
+        manager: ConnectionManager,
+        middleware_stack: Middleware | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.connection = connection
+        self.manager = manager
+        self.middleware_stack = middleware_stack
+        # Extra keyword arguments (the README passes database=...) become attributes.
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        self._disconnected = False
+
+    @property
+    def channel_name(self) -> str:
+        return self.connection.channel_name
+
+    @property
+    def user_id(self) -> str | None:
+        return self.connection.user_id
+
+    @property
+    def groups(self) -> frozenset[str]:
+        return frozenset(self.connection.groups)
+
+    # --- hooks ---------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Called once after the connection is registered: send a welcome, join default groups."""
+
+    async def receive(self, message: Message) -> None:
+        """Handle a message that passed the middleware. The default calls `on_<type>(message)`."""
+        handler = getattr(
+            self, "on_" + message.type.replace(".", "_").replace(":", "_").replace("-", "_"), None
+        )
+        if handler is None or not callable(handler):
+            raise MessageError(
+                f"unsupported message type {message.type!r}",
+                error_code="UNKNOWN_MESSAGE_TYPE",
+                details={"type": message.type},
+                message_type=message.type,
+            )
+        await handler(message)
+
+    async def on_disconnect(self, code: int) -> None:
+        """Called once when the connection ends, before it leaves its groups."""
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def disconnect(self, code: int = CloseCode.NORMAL_CLOSURE) -> None:
+        """Run `on_disconnect` once, then leave every group, unregister and close. Safe to call twice."""
+        if self._disconnected:
+            return
+        self._disconnected = True
+        try:
+            await self.on_disconnect(code)
+        except Exception:
+            logger.exception("on_disconnect of %s failed", self.channel_name)
+        finally:
+            await self.manager.disconnect(self.channel_name, code)
+
+    # --- sending -------------------------------------------------------------------------------
+    async def send(self, message: Any) -> bool:
+        """Send to this connection (dict, Message, pydantic model, str or bytes); False if closed."""
+        return self.connection.enqueue(self.manager.encode(message))
+
+    async def send_json(self, data: Any) -> bool:
+        return await self.send(data)
+
+    async def send_text(self, text: str) -> bool:
+        return self.connection.enqueue(text)
+
+    async def send_bytes(self, data: bytes) -> bool:
+        return self.connection.enqueue(bytes(data))
+
+    async def join_group(self, group: str) -> None:
+        await self.manager.join_group(self.channel_name, group)
+
+    async def leave_group(self, group: str) -> None:
+        await self.manager.leave_group(self.channel_name, group)
+
+    async def send_to_group(self, group: str, message: Any) -> None:
+        await self.manager.send_to_group(group, message)
+
+    async def send_to_group_except_sender(self, group: str, message: Any) -> None:
+        await self.manager.send_group_except(group, message, self.channel_name)
+
+    send_group_except = send_to_group_except_sender
+
+    # --- incoming ------------------------------------------------------------------------------
+    async def handle_message(self, json_str: str | None = None, binary: bytes | None = None) -> None:
+        """Parse, check and dispatch one client frame; answer any failure with an error frame."""
+        try:
+            message = self._parse(json_str, binary)
+            if message.type in HEARTBEAT_TYPES:
+                if message.type == "ping":
+                    await self.send({"type": "pong", "timestamp": message.created_at})
+                return  # liveness was recorded when the frame arrived
+            if self.middleware_stack is not None:
+                processed = await self.middleware_stack.process(message, self.connection, self)
+                if processed is None:
+                    return
+                message = processed
+            self._validate_data(message)
+            await self.receive(message)
+        except BaseError as error:
+            await self._answer(error)
+            if error.should_disconnect():
+                raise
+        except Exception:
+            internal = SystemError("internal error", component="consumer", connection_id=self.channel_name)
+            logger.exception(
+                "unexpected error in %s (error_id=%s)", type(self).__name__, internal.context.error_id
+            )
+            await self._answer(internal)
+
+    async def handle_error(self, error: BaseError) -> None:
+        """Send the error frame; close with `error.ws_code` if the error ends the connection."""
+        await self._answer(error)
+        if error.should_disconnect():
+            await self.disconnect(error.ws_code)
+
+    async def _answer(self, error: BaseError) -> None:
+        error.context.connection_id = error.context.connection_id or self.channel_name
+        error.context.user_id = error.context.user_id or self.user_id
+        await self.send(error.to_response().to_dict())
+
+    def _parse(self, json_str: str | None, binary: bytes | None) -> Message:
+        if (json_str is None) == (binary is None):
+            raise MessageError(
+                "handle_message takes exactly one of json_str or binary", error_code="INVALID_MESSAGE_FORMAT"
+            )
+        sender = self.user_id if self.user_id is not None else self.channel_name
+        if binary is not None:
+            return Message(type="binary", binary_data=bytes(binary), sender_id=sender, raw_size=len(binary))
+        assert json_str is not None
+        try:
+            frame = orjson.loads(json_str)
+        except orjson.JSONDecodeError as exc:
+            raise ValidationError(
+                "frame is not valid JSON", error_code="INVALID_JSON", details={"error": str(exc)[:200]}
+            ) from None
+        if not isinstance(frame, dict):
+            raise ValidationError("frame must be a JSON object", error_code="INVALID_MESSAGE_FORMAT")
+        kind = frame.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise ValidationError('frame needs a "type" string', error_code="MISSING_MESSAGE_TYPE")
+        metadata = frame.get("metadata") or {}
+        priority = frame.get("priority", 0)
+        ttl = frame.get("ttl_seconds")
+        if not isinstance(metadata, dict):
+            raise _field_error("metadata", "must be an object")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise _field_error("priority", "must be an integer")
+        if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl < 0):
+            raise _field_error("ttl_seconds", "must be a non-negative number")
+        group = frame.get("group")
+        return Message(
+            type=kind,
+            data=frame.get("data"),
+            sender_id=sender,
+            group=group if isinstance(group, str) else None,
+            metadata=metadata,
+            priority=priority,
+            ttl_seconds=ttl,
+            raw_size=len(json_str),
+        )
+
+    def _validate_data(self, message: Message) -> None:
+        model = self.message_types.get(message.type)
+        if model is None:
+            return
+        try:
+            message.data = model.model_validate(message.data if message.data is not None else {})
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in ("data", *first["loc"]))
+            raise ValidationError(
+                f"{field}: {first['msg']}",
+                error_code="INVALID_MESSAGE_DATA",
+                details={
+                    "field": field,
+                    "errors": [
+                        {"field": ".".join(str(p) for p in ("data", *e["loc"])), "message": e["msg"]}
+                        for e in exc.errors()
+                    ],
+                },
+                message_type=message.type,
+            ) from None
+
+    @classmethod
+    def json_schemas(cls) -> dict[str, dict[str, Any]]:
+        """The JSON schema of the `data` of every declared message type (for protocol docs)."""
+        return {kind: model.model_json_schema() for kind, model in sorted(cls.message_types.items())}
+
+
+def _field_error(field: str, problem: str) -> ValidationError:
+    return ValidationError(
+        f"{field} {problem}", error_code="INVALID_MESSAGE_FORMAT", details={"field": field}
+    )
