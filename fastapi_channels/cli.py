@@ -1,0 +1,69 @@
+"""`fastapi-channels`: run an app with the settings this library needs, or check the configuration.
+
+    fastapi-channels run example.main:app --port 8000
+    fastapi-channels config          # the effective settings, or which variable is invalid
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fastapi_channels.config import WSConfig
+
+    config = WSConfig()
+    uvicorn.run(
+        args.app,
+        host=args.host,
+        port=args.port,
+        ws=args.ws,
+        # The server refuses frames above the size the library accepts (close 1009).
+        ws_max_size=config.WS_MAX_MESSAGE_SIZE,
+        log_level=config.LOG_LEVEL.lower(),
+        factory=args.factory,
+        workers=args.workers,
+    )
+    return 0
+
+
+def _config(_: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from fastapi_channels.config import WSConfig
+
+    try:
+        config = WSConfig()
+    except ValidationError as exc:
+        print(f"invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    for name, value in config.model_dump().items():
+        print(f"{name}={value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastapi-channels")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve an ASGI app under uvicorn")
+    run.add_argument("app", help="import path, e.g. example.main:app")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--ws", default="websockets-sansio", help="uvicorn WebSocket implementation")
+    run.add_argument("--factory", action="store_true", help="APP is a factory returning the app")
+    run.add_argument("--workers", type=int, default=None)
+    run.set_defaults(handler=_run)
+    show = commands.add_parser("config", help="print the effective configuration")
+    show.set_defaults(handler=_config)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
