@@ -253,6 +253,12 @@ class Connection:
         self.close(CloseCode.INTERNAL_ERROR, flush=False)
 
     async def _finish(self, code: int, reason: str, flush: bool) -> None:
+        # Unregister first: the user's slot and the group memberships are released at once,
+        # whatever the socket does next (a client that never reads can stall the rest).
+        try:
+            await self._on_closed(self)
+        except Exception:
+            logger.exception("cleanup of %s failed", self.channel_name)
         try:
             writer = self._writer
             if writer is not None and not writer.done():
@@ -262,8 +268,7 @@ class Connection:
                         await asyncio.wait_for(asyncio.shield(writer), self._close_timeout)
                 if not writer.done():
                     writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await writer
+                    await asyncio.wait([writer])
             if self._buffer:
                 self._count_dropped(len(self._buffer))
                 self._drop_buffer()
@@ -271,10 +276,6 @@ class Connection:
                 await self._send_close(code, reason)
         finally:
             self.state = ConnectionState.CLOSED
-            try:
-                await self._on_closed(self)
-            except Exception:
-                logger.exception("cleanup of %s failed", self.channel_name)
 
     async def _send_close(self, code: int, reason: str) -> None:
         try:
