@@ -7,10 +7,10 @@ Not for per-call options: those are method arguments.
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["WSConfig"]
 
@@ -67,6 +67,17 @@ class WSConfig(BaseSettings):
     LOG_LEVEL: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
     LOG_STATS: bool = True
     WS_STATS_INTERVAL: float = Field(default=60.0, gt=0)
+
+    # Handshake checks
+    WS_ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Origins allowed to open a WebSocket (comma-separated); empty allows any, `*` too."""
+
+    @field_validator("WS_ALLOWED_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod

@@ -172,9 +172,23 @@ class ConnectionManager:
         connection_id: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Connection:
-        """Accept `websocket` and register it, or refuse it with ConnectionError (close 1013)."""
+        """Accept `websocket` and register it, or refuse it with ConnectionError.
+
+        Over a limit the socket is accepted and closed with 1013 (the client sees the code);
+        a bad origin or user id is refused at the handshake (HTTP 403). Raised out of the
+        endpoint, Starlette turns the error into that close without logging a traceback.
+        """
+        self._check_origin(websocket)
         if user_id is not None:
-            user_id = routing.validate_name("user", str(user_id))
+            try:
+                user_id = routing.validate_name("user", str(user_id))
+            except BaseError as exc:
+                raise ConnectionError(
+                    exc.message,
+                    error_code="INVALID_USER_ID",
+                    ws_code=CloseCode.POLICY_VIOLATION,
+                    retryable=False,
+                ) from None
         if not self._started:
             await self.start_tasks()
         if self._stopping:
@@ -239,6 +253,23 @@ class ConnectionManager:
             raise
         self.counters.connections_opened += 1
         return connection
+
+    def _check_origin(self, websocket: WebSocket) -> None:
+        allowed = self.config.WS_ALLOWED_ORIGINS
+        if not allowed or "*" in allowed:
+            return
+        origin = (websocket.headers.get("origin") or "").rstrip("/")
+        if origin not in allowed:
+            # Cross-site WebSocket hijacking: a page of another site opening our socket with
+            # the user's cookies. Refused before accept, so the browser sees a failed handshake.
+            self.counters.connections_refused += 1
+            raise ConnectionError(
+                "origin not allowed",
+                error_code="ORIGIN_NOT_ALLOWED",
+                ws_code=CloseCode.POLICY_VIOLATION,
+                retryable=False,
+                details={"origin": origin[:200]},
+            )
 
     async def _refuse(self, websocket: WebSocket) -> None:
         # Accept first so the close code (sent by Starlette when the ConnectionError leaves the

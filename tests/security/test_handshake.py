@@ -1,0 +1,51 @@
+"""Handshake checks: origin allow-list (cross-site WebSocket hijacking) and names as keys."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from fastapi_channels import WSConfig
+from fastapi_channels.testing import serve
+from tests.app import create_app
+
+
+async def test_a_forged_origin_is_refused_at_the_handshake(caplog: pytest.LogCaptureFixture) -> None:
+    app, manager = create_app(
+        WSConfig(LOG_STATS=False, WS_ALLOWED_ORIGINS="http://chat.example, https://chat.example/")
+    )
+    async with serve(app) as server:
+        with caplog.at_level(logging.ERROR), pytest.raises(InvalidStatus) as refused:
+            await connect(f"{server.ws_url}/ws/mallory", origin="http://evil.example")
+        assert refused.value.response.status_code == 403
+        with pytest.raises(InvalidStatus):
+            await connect(f"{server.ws_url}/ws/mallory")  # no Origin header at all
+
+        async with connect(f"{server.ws_url}/ws/alice", origin="https://chat.example") as ws:
+            assert "hello" in await ws.recv()
+            assert len(manager.registry) == 1
+        assert manager.get_stats()["connections_refused"] == 2
+        assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+
+
+async def test_any_origin_is_accepted_when_no_allow_list_is_set() -> None:
+    app, _ = create_app(WSConfig(LOG_STATS=False))
+    async with (
+        serve(app) as server,
+        connect(f"{server.ws_url}/ws/alice", origin="http://anywhere.example") as ws,
+    ):
+        assert "hello" in await ws.recv()
+
+
+@pytest.mark.parametrize("user", ["bad%20name", "a%3Ab", "x" * 101, "%2A"])
+async def test_a_user_id_that_cannot_be_a_key_is_refused_cleanly(user: str) -> None:
+    app, manager = create_app(WSConfig(LOG_STATS=False, BACKEND_TYPE="memory"))
+    async with serve(app) as server:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"{server.ws_url}/ws/{user}")
+        assert refused.value.response.status_code == 403
+        assert len(manager.registry) == 0
+        assert manager.backend.hub.connections == {}  # type: ignore[attr-defined]
