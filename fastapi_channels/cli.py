@@ -1,7 +1,7 @@
 """`fastapi-channels`: run an app with the settings this library needs, or check the configuration.
 
-    fastapi-channels run example.main:app --port 8000
-    fastapi-channels config          # the effective settings, or which variable is invalid
+fastapi-channels run example.main:app --port 8000
+fastapi-channels config          # the effective settings, or which variable is invalid
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ __all__ = ["BaseConsumer"]
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_TYPES = frozenset({"ping", "pong"})
+BINARY_TYPE = "binary"
 
 
 class BaseConsumer:
@@ -73,9 +74,8 @@ class BaseConsumer:
 
     async def receive(self, message: Message) -> None:
         """Handle a message that passed the middleware. The default calls `on_<type>(message)`."""
-        handler = getattr(
-            self, "on_" + message.type.replace(".", "_").replace(":", "_").replace("-", "_"), None
-        )
+        name = "on_" + message.type.replace(".", "_").replace(":", "_").replace("-", "_")
+        handler = None if name in _LIFECYCLE_HOOKS else getattr(self, name, None)
         if handler is None or not callable(handler):
             raise MessageError(
                 f"unsupported message type {message.type!r}",
@@ -157,15 +157,24 @@ class BaseConsumer:
             await self._answer(internal)
 
     async def handle_error(self, error: BaseError) -> None:
-        """Send the error frame; close with `error.ws_code` if the error ends the connection."""
-        await self._answer(error)
-        if error.should_disconnect():
-            await self.disconnect(error.ws_code)
+        """Answer an error that ended the endpoint's receive loop, then close with its `ws_code`.
 
-    async def _answer(self, error: BaseError) -> None:
+        `handle_message` already answers the errors a connection survives, so an error that
+        reaches the endpoint (the README's `except BaseError` branch) ends the loop: the frame
+        is flushed and the connection closed, instead of the socket being dropped unanswered.
+        To report an error and keep the connection, use `send_error`.
+        """
+        await self._answer(error)
+        await self.disconnect(error.ws_code)
+
+    async def send_error(self, error: BaseError) -> bool:
+        """Send the error frame and keep the connection open."""
+        return await self._answer(error)
+
+    async def _answer(self, error: BaseError) -> bool:
         error.context.connection_id = error.context.connection_id or self.channel_name
         error.context.user_id = error.context.user_id or self.user_id
-        await self.send(error.to_response().to_dict())
+        return await self.send(error.to_response().to_dict())
 
     def _parse(self, json_str: str | None, binary: bytes | None) -> Message:
         if (json_str is None) == (binary is None):
@@ -174,7 +183,9 @@ class BaseConsumer:
             )
         sender = self.user_id if self.user_id is not None else self.channel_name
         if binary is not None:
-            return Message(type="binary", binary_data=bytes(binary), sender_id=sender, raw_size=len(binary))
+            return Message(
+                type=BINARY_TYPE, binary_data=bytes(binary), sender_id=sender, raw_size=len(binary)
+            )
         assert json_str is not None
         try:
             frame = orjson.loads(json_str)
@@ -187,6 +198,10 @@ class BaseConsumer:
         kind = frame.get("type")
         if not isinstance(kind, str) or not kind:
             raise ValidationError('frame needs a "type" string', error_code="MISSING_MESSAGE_TYPE")
+        if kind == BINARY_TYPE:
+            raise ValidationError(
+                f'type "{BINARY_TYPE}" is reserved for binary frames', error_code="INVALID_MESSAGE_TYPE"
+            )
         metadata = frame.get("metadata") or {}
         priority = frame.get("priority", 0)
         ttl = frame.get("ttl_seconds")
@@ -205,7 +220,8 @@ class BaseConsumer:
             metadata=metadata,
             priority=priority,
             ttl_seconds=ttl,
-            raw_size=len(json_str),
+            # Bytes on the wire, as WS_MAX_MESSAGE_SIZE counts them (encoding only non-ASCII text).
+            raw_size=len(json_str) if json_str.isascii() else len(json_str.encode()),
         )
 
     def _validate_data(self, message: Message) -> None:
@@ -240,3 +256,7 @@ def _field_error(field: str, problem: str) -> ValidationError:
     return ValidationError(
         f"{field} {problem}", error_code="INVALID_MESSAGE_FORMAT", details={"field": field}
     )
+
+
+# `on_<type>` names a client must never reach through `receive`'s dispatch.
+_LIFECYCLE_HOOKS = frozenset(name for name in dir(BaseConsumer) if name.startswith("on_"))

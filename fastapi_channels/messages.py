@@ -29,7 +29,7 @@ class Message:
     created_at: float = field(default_factory=time.time)
     binary_data: bytes | None = None
     raw_size: int = 0
-    """Size of the client frame it was parsed from (characters of text, bytes of binary); 0 if built."""
+    """Size in bytes of the client frame it was parsed from; 0 for a message built by the server."""
 
     def to_dict(self) -> dict[str, Any]:
         """The wire shape; empty optional fields are left out to keep frames small."""

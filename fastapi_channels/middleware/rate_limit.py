@@ -83,7 +83,7 @@ class RateLimitMiddleware(Middleware):
         self.clock = clock
         self.local = SlidingWindow(messages_per_window, window_seconds)
         self._script: Any = None
-        self._last_redis_warning = 0.0
+        self._last_redis_warning: float | None = None
 
     def _key_of(self, connection: Connection) -> str:
         if self.key == "user" and connection.user_id is not None:
@@ -114,7 +114,7 @@ class RateLimitMiddleware(Middleware):
                 return await self._hit_redis(key)
             except Exception as exc:
                 now = time.monotonic()
-                if now - self._last_redis_warning > 60:
+                if self._last_redis_warning is None or now - self._last_redis_warning > 60:
                     self._last_redis_warning = now
                     logger.warning("rate limit falls back to this process: Redis failed (%s)", exc)
         return self.local.hit(key, self.clock())

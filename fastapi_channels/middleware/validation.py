@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from fastapi_channels.exceptions import ValidationError
+from fastapi_channels.exceptions import CloseCode, ValidationError
 from fastapi_channels.messages import Message
 from fastapi_channels.middleware.base import Middleware
 
@@ -19,7 +19,7 @@ _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 
 
 class ValidationMiddleware(Middleware):
-    """Size limit (MESSAGE_TOO_LARGE, close 1009 not forced), type-name rule, optional allow-list."""
+    """Size limit (MESSAGE_TOO_LARGE, answered; its ws_code 1009 applies if raised to close), type rule."""
 
     def __init__(
         self, max_message_size: int = 10 * 1024 * 1024, allowed_types: Iterable[str] | None = None
@@ -35,6 +35,7 @@ class ValidationMiddleware(Middleware):
             raise ValidationError(
                 f"message of {size} bytes exceeds the limit of {self.max_message_size}",
                 error_code="MESSAGE_TOO_LARGE",
+                ws_code=CloseCode.MESSAGE_TOO_BIG,
                 details={"size": size, "max_message_size": self.max_message_size},
                 message_type=message.type,
             )
