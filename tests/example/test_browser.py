@@ -1,0 +1,124 @@
+"""The HTML client in a real browser: Playwright (async API) driving Debian's Chromium.
+
+Needs `pip install playwright` (the Python package only; no `playwright install`) and
+`apt-get install chromium`. Without /usr/bin/chromium the test fails, it does not skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.example.conftest import ChatFactory, RunningChat
+from tests.example.support import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get install -y chromium`")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail(
+            "the playwright Python package is missing: `pip install playwright` (no `playwright install`)"
+        )
+    async with async_playwright() as playwright:
+        instance = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+@pytest.fixture
+async def chat(chat_factory: ChatFactory) -> AsyncIterator[RunningChat]:
+    async with chat_factory() as running:
+        yield running
+
+
+async def open_as(browser: Any, chat: RunningChat, user: str) -> Any:
+    from playwright.async_api import expect
+
+    context = await browser.new_context(viewport={"width": 1100, "height": 700})
+    page = await context.new_page()
+    await page.goto(chat.http_url)
+    await page.fill("#username", user)
+    await page.click("#connect-btn")
+    await expect(page.locator("#status")).to_have_text(f"connected as {user}", timeout=10_000)
+    await expect(page.locator("#room-title")).to_have_text("#general", timeout=10_000)  # joined by default
+    return page
+
+
+async def test_two_users_chat_in_the_browser(browser: Any, chat: RunningChat, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    alice = await open_as(browser, chat, "alice")
+    bob = await open_as(browser, chat, "bob")
+    await expect(alice.locator("#user-list li")).to_have_count(2)
+    await expect(bob.locator("#user-list li")).to_have_count(2)
+
+    # typing shows on the other page, then the message arrives and the indicator clears
+    await alice.locator("#message-input").press_sequentially("Hello Bob")
+    await expect(bob.locator("#typing-indicator")).to_have_text("alice is typing…")
+    await alice.click("#send-btn")
+    await expect(bob.locator("#messages .msg").last).to_contain_text("Hello Bob")
+    await expect(bob.locator("#typing-indicator")).to_have_text("")
+
+    # user text is shown as text, never interpreted as HTML
+    hostile = '<img src=x onerror="document.title=1">'
+    await bob.fill("#message-input", hostile)
+    await bob.click("#send-btn")
+    await expect(alice.locator("#messages .msg").last).to_contain_text(hostile)
+    assert await alice.locator("#messages img").count() == 0
+
+    # an error frame is shown to the user
+    await alice.fill("#new-room-name", "general")
+    await alice.click("#create-room-btn")
+    await expect(alice.locator("#errors .toast")).to_contain_text("ROOM_EXISTS")
+
+    # private message from the user list
+    await bob.locator("#user-list li[data-user=alice]").click()
+    await bob.fill("#pm-text", "just between us")
+    await bob.click("#pm-send")
+    await expect(alice.locator("#private-messages")).to_contain_text("just between us")
+
+    screenshot = tmp_path / "chat-bob.png"
+    await bob.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 1000
+
+    # a dropped connection: the page reconnects with backoff and joins its rooms again
+    manager = chat.app.state.manager
+    [old] = manager.get_user_connections("alice")
+    await manager.disconnect(old.channel_name, 1012)
+    await wait_for(
+        lambda: (
+            [c.channel_name for c in manager.get_user_connections("alice")] not in ([], [old.channel_name])
+        ),
+        timeout=15,
+        what="alice reconnected",
+    )
+    await expect(alice.locator("#status")).to_have_text(re.compile("connected as alice"), timeout=15_000)
+    await bob.fill("#message-input", "welcome back")
+    await bob.click("#send-btn")
+    await expect(alice.locator("#messages .msg").last).to_contain_text("welcome back", timeout=10_000)
+    await alice.screenshot(path=str(tmp_path / "chat-alice.png"), full_page=True)
