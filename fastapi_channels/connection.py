@@ -23,9 +23,10 @@ from starlette.types import Message as ASGIMessage
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fastapi_channels.exceptions import CloseCode
+from fastapi_channels.framing import FAST_PATH_EXTENSION, encode_frame
 from fastapi_channels.stats import Counters
 
-__all__ = ["Connection", "ConnectionState", "OverflowPolicy"]
+__all__ = ["Connection", "ConnectionState", "OverflowPolicy", "WriteCoalescer"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,31 @@ class ConnectionState(StrEnum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+class WriteCoalescer:
+    """Flushes fast-path connections once per event-loop iteration, in one callback for all.
+
+    Its list holds each connection at most once per iteration, so it is bounded by the
+    number of connections.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[Connection] = []
+
+    def schedule(self, connection: Connection) -> None:
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._run)
+        self._due.append(connection)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for connection in due:
+            try:
+                connection.flush()
+            except Exception:
+                logger.exception("flush to %s failed", connection.channel_name)
+                connection.close(CloseCode.INTERNAL_ERROR, flush=False)
 
 
 class Connection:
@@ -50,6 +76,7 @@ class Connection:
         *,
         counters: Counters,
         on_closed: Callable[[Connection], Awaitable[None]],
+        coalescer: WriteCoalescer | None = None,
         max_messages: int = 1024,
         max_bytes: int = 4 * 1024 * 1024,
         policy: OverflowPolicy = "close",
@@ -83,6 +110,9 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._peer_gone = False
+        self._fast: Any = None  # a fastpath.FrameWriter when the server offers one
+        self._coalescer = coalescer if coalescer is not None else WriteCoalescer()
+        self._flush_scheduled = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.channel_name} user={self.user_id!r} {self.state}>"
@@ -91,8 +121,12 @@ class Connection:
     def start(self) -> None:
         """Start the writer and watch incoming frames (liveness, counters, peer disconnect)."""
         self._watch_receive()
+        writer = (self.websocket.scope.get("extensions") or {}).get(FAST_PATH_EXTENSION)
+        if writer is not None and writer.usable:
+            self._fast = writer
+        loop_body = self._write_loop if self._fast is None else self._write_loop_fast
         self._writer = asyncio.get_running_loop().create_task(
-            self._write_loop(), name=f"fastapi-channels-writer:{self.channel_name}"
+            loop_body(), name=f"fastapi-channels-writer:{self.channel_name}"
         )
         self._writer.add_done_callback(self._writer_done)
 
@@ -152,17 +186,39 @@ class Connection:
     def is_open(self) -> bool:
         return self.state is ConnectionState.OPEN
 
+    @property
+    def uses_fast_path(self) -> bool:
+        """True when frames go straight to the transport (see `fastapi_channels.fastpath`)."""
+        return self._fast is not None
+
     # --- sending -------------------------------------------------------------------------------
-    def enqueue(self, frame: str | bytes) -> bool:
-        """Queue one pre-encoded frame without blocking; False when it was not queued."""
+    def enqueue(self, frame: str | bytes, wire: bytes | None = None) -> bool:
+        """Queue one pre-encoded frame without blocking; False when it was not queued.
+
+        `wire` is the frame already framed for the fast path (built once per message by the
+        caller); on that path the bytes are written by the coalescer at the end of the loop
+        iteration, with no task switch.
+        """
         if self.state is not ConnectionState.OPEN:
             return False
+        fast = self._fast
+        if fast is not None:
+            frame = encode_frame(frame) if wire is None else wire
         size = len(frame)
         buffer = self._buffer
-        if len(buffer) >= self._max_messages or self._buffered_bytes + size > self._max_bytes:
-            return self._overflow(frame, size)
+        if (
+            len(buffer) >= self._max_messages or self._buffered_bytes + size > self._max_bytes
+        ) and not self._make_room(size):
+            return False
         buffer.append(frame)
         self._buffered_bytes += size
+        if fast is not None:
+            # Written at the end of this loop iteration, joined with whatever else arrives
+            # before then: one transport write per connection per burst, not per message.
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._coalescer.schedule(self)
+            return True
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -178,7 +234,8 @@ class Connection:
     def buffered_bytes(self) -> int:
         return self._buffered_bytes
 
-    def _overflow(self, frame: str | bytes, size: int) -> bool:
+    def _make_room(self, size: int) -> bool:
+        """Apply the overflow policy for a frame of `size`; True when it may now be queued."""
         counters = self._counters
         if self._policy == "close":
             dropped = len(self._buffer) + 1
@@ -199,7 +256,14 @@ class Connection:
             self._buffered_bytes -= len(buffer.popleft())
             dropped += 1
         self._count_dropped(dropped)
-        return self.enqueue(frame)
+        return True
+
+    def _count_sent(self, count: int, size: int) -> None:
+        self.messages_sent += count
+        self.bytes_sent += size
+        counters = self._counters
+        counters.messages_sent += count
+        counters.bytes_sent += size
 
     def _count_dropped(self, count: int) -> None:
         self.messages_dropped += count
@@ -240,6 +304,40 @@ class Connection:
             else:
                 return
 
+    def flush(self) -> None:
+        """Fast path: write everything queued in one transport write, if the transport takes it."""
+        self._flush_scheduled = False
+        buffer = self._buffer
+        if not buffer:
+            return
+        fast = self._fast
+        if not fast.writable:
+            self._wake_writer()  # it waits for the transport to drain, or finds the connection gone
+            return
+        count = len(buffer)
+        data = buffer[0] if count == 1 else b"".join(buffer)  # type: ignore[arg-type]
+        buffer.clear()
+        self._buffered_bytes = 0
+        fast.write(data)
+        self._count_sent(count, len(data))
+
+    async def _write_loop_fast(self) -> None:
+        """Fast path: only needed while the transport is paused, and to flush before a close."""
+        fast = self._fast
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._buffer and fast.writable:
+                self.flush()
+            elif self._buffer:
+                if fast.gone:
+                    raise ConnectionResetError("the connection is closed")
+                await fast.wait_writable()
+            elif self.state is ConnectionState.OPEN:
+                waiter = self._waiter = loop.create_future()
+                await waiter
+            else:
+                return
+
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
@@ -272,14 +370,17 @@ class Connection:
             if self._buffer:
                 self._count_dropped(len(self._buffer))
                 self._drop_buffer()
-            if not self._peer_gone:
-                await self._send_close(code, reason)
+            if not self._peer_gone and not await self._send_close(code, reason) and self._fast is not None:
+                # The client does not take even the close frame: where we own the transport, drop it.
+                self._fast.abort()
         finally:
             self.state = ConnectionState.CLOSED
 
-    async def _send_close(self, code: int, reason: str) -> None:
+    async def _send_close(self, code: int, reason: str) -> bool:
         try:
             await asyncio.wait_for(self.websocket.close(code, reason[:120]), self._close_timeout)
         except Exception as exc:
             # The peer is gone or not reading: nothing more can be said to it over ASGI.
             logger.debug("close frame to %s not sent: %r", self.channel_name, exc)
+            return False
+        return True

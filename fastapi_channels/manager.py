@@ -21,8 +21,9 @@ from fastapi_channels import routing
 from fastapi_channels.backends.base import Admission, BaseBackend
 from fastapi_channels.backends.memory import MemoryBackend
 from fastapi_channels.config import WSConfig
-from fastapi_channels.connection import Connection
+from fastapi_channels.connection import Connection, WriteCoalescer
 from fastapi_channels.exceptions import BackendError, BaseError, CloseCode, ConnectionError
+from fastapi_channels.framing import encode_frame
 from fastapi_channels.heartbeat import plan, sweep_period
 from fastapi_channels.messages import to_frame
 from fastapi_channels.registry import ConnectionRegistry
@@ -77,6 +78,8 @@ class ConnectionManager:
         self._start_lock = asyncio.Lock()
         self._subscription_lock = asyncio.Lock()
         self._subscribed: set[str] = set()
+        self._fast_channels: set[str] = set()  # local connections on the fast path
+        self._coalescer = WriteCoalescer()
         self._tasks: list[asyncio.Task[None]] = []
         self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=CONTROL_QUEUE_SIZE)
         self._backend_hooks: list[Callable[[str, BaseException | None], Any]] = []
@@ -232,6 +235,7 @@ class ConnectionManager:
             metadata,
             counters=self.counters,
             on_closed=self._forget,
+            coalescer=self._coalescer,
             max_messages=config.WS_OUTBOUND_QUEUE_MESSAGES,
             max_bytes=config.WS_OUTBOUND_QUEUE_BYTES,
             policy=config.WS_SLOW_CONSUMER_POLICY,
@@ -242,9 +246,12 @@ class ConnectionManager:
                 await websocket.accept()
             self.registry.add(connection)
             connection.start()
+            if connection.uses_fast_path:
+                self._fast_channels.add(channel_name)
             if user_id is not None:
                 await self._reconcile(routing.user_topic(user_id))
         except BaseException:
+            self._fast_channels.discard(channel_name)
             if self.registry.remove(channel_name) is None:
                 await self.backend.remove_connection(channel_name, user_id)
             else:
@@ -298,6 +305,7 @@ class ConnectionManager:
         if removal is None:
             return
         self.counters.connections_closed += 1
+        self._fast_channels.discard(connection.channel_name)
         await self._release(connection.channel_name, connection.user_id, removal.left_groups)
 
     async def _release(self, channel_name: str, user_id: str | None, groups: list[str]) -> None:
@@ -493,14 +501,16 @@ class ConnectionManager:
             targets = self.registry.connections()
         else:
             return
+        # Framed once for every fast-path recipient (see fastapi_channels.fastpath).
+        wire = encode_frame(frame) if self._fast_channels else None
         exclude = envelope.exclude
         if exclude:
             for connection in targets:
                 if connection.channel_name not in exclude:
-                    connection.enqueue(frame)
+                    connection.enqueue(frame, wire)
         else:
             for connection in targets:
-                connection.enqueue(frame)
+                connection.enqueue(frame, wire)
 
     def _queue_control(self, command: dict[str, Any]) -> None:
         try:
@@ -601,9 +611,10 @@ class ConnectionManager:
         )
         if decisions.ping:
             frame = self.encode({"type": "ping", "timestamp": time.time()})
+            wire = encode_frame(frame) if self._fast_channels else None
             for connection in decisions.ping:
                 connection.last_ping = now
-                connection.enqueue(frame)
+                connection.enqueue(frame, wire)
             self.counters.heartbeat_pings += len(decisions.ping)
         for connection in decisions.expire:
             self.counters.heartbeat_closes += 1

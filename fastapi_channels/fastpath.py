@@ -1,0 +1,92 @@
+"""A uvicorn WebSocket protocol that lets the library write pre-built frames to the transport.
+
+Through ASGI every recipient of a group message costs a full `send()`: an event dict, the
+protocol's state checks, framing and a UTF-8 encode. Server frames are unmasked, so the
+library builds a message's frame once (`framing.encode_frame`) and, with this protocol,
+writes those bytes straight to each recipient's transport. Select it with
+
+    uvicorn app:app --ws fastapi_channels.fastpath:FastWebSocketProtocol
+
+(or `fastapi-channels run app:app`, which does). It subclasses uvicorn's sans-I/O protocol
+(uvicorn >= 0.35, < 1.0) and offers a `FrameWriter` in the ASGI scope's extensions under
+`fastapi_channels.frames`. A connection that negotiated an extension changing frames
+(permessage-deflate) is not offered one; everything else about the protocol is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from fastapi_channels.framing import FAST_PATH_EXTENSION
+
+__all__ = ["FastWebSocketProtocol", "FrameWriter"]
+
+
+class FrameWriter:
+    """What the library may do with one connection's transport."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: FastWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def usable(self) -> bool:
+        """False when negotiated extensions change frames: use the ASGI path then."""
+        return not self._protocol.conn.extensions
+
+    @property
+    def writable(self) -> bool:
+        """Open, not closing, and the transport is not asking us to pause."""
+        protocol = self._protocol
+        return (
+            protocol.writable.is_set()
+            and protocol.handshake_complete
+            and not protocol.close_sent
+            and not protocol.disconnected
+            and not protocol.transport.is_closing()
+        )
+
+    @property
+    def gone(self) -> bool:
+        protocol = self._protocol
+        return protocol.disconnected or protocol.close_sent or protocol.transport.is_closing()
+
+    def write(self, frame: bytes) -> None:
+        self._protocol.transport.write(frame)
+
+    async def wait_writable(self) -> None:
+        """Until the transport drains below its low-water mark (or the connection is lost)."""
+        await self._protocol.writable.wait()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now: for a client that stopped reading past the close deadline."""
+        self._protocol.transport.abort()
+
+
+class FastWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol plus a `FrameWriter` in the scope's extensions."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        # The ASGI task exists but has not run yet: the writer is in place before the app starts.
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][FAST_PATH_EXTENSION] = FrameWriter(self)
+
+    def shutdown(self) -> None:
+        """Server shutdown: close open sockets with 1001 (going away) rather than uvicorn's 1012.
+
+        uvicorn closes connections before the lifespan's shutdown runs, so `stop_tasks`
+        comes too late to choose the code; this protocol chooses it.
+        """
+        if self.handshake_complete and not self.close_sent and not self.transport.is_closing():
+            self.stop_keepalive()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+            self.conn.send_close(1001, "server shutting down")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            return
+        super().shutdown()

@@ -1,0 +1,37 @@
+"""RFC 6455 framing of server-to-client messages, as pure functions.
+
+Frames a server sends are not masked, so a group message's frame is the same bytes for
+every recipient: it is built once here and written to each transport by the fast path.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+__all__ = ["FAST_PATH_EXTENSION", "OPCODE_BINARY", "OPCODE_TEXT", "encode_frame"]
+
+OPCODE_TEXT: Final = 0x1
+OPCODE_BINARY: Final = 0x2
+_FIN: Final = 0x80
+
+FAST_PATH_EXTENSION: Final = "fastapi_channels.frames"
+"""Key of the frame writer in the ASGI scope's extensions (see `fastapi_channels.fastpath`)."""
+
+
+def encode_frame(message: str | bytes) -> bytes:
+    """One final, unmasked frame: text for a str, binary for bytes."""
+    if isinstance(message, str):
+        payload = message.encode()
+        first = _FIN | OPCODE_TEXT
+    else:
+        payload = bytes(message)
+        first = _FIN | OPCODE_BINARY
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
