@@ -26,6 +26,8 @@ def _run(args: argparse.Namespace) -> int:
         ws=args.ws,
         # The server refuses frames above the size the library accepts (close 1009).
         ws_max_size=config.WS_MAX_MESSAGE_SIZE,
+        ws_per_message_deflate=args.ws_per_message_deflate,
+        access_log=not args.no_access_log,
         log_level=config.LOG_LEVEL.lower(),
         factory=args.factory,
         workers=args.workers,
@@ -55,7 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("app", help="import path, e.g. example.main:app")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--ws", default="websockets-sansio", help="uvicorn WebSocket implementation")
+    run.add_argument(
+        "--ws",
+        default="fastapi_channels.fastpath:FastWebSocketProtocol",
+        help="uvicorn WebSocket implementation (default: the library's fast path)",
+    )
+    run.add_argument("--ws-per-message-deflate", action="store_true", help="negotiate compression")
+    run.add_argument("--no-access-log", action="store_true")
     run.add_argument("--factory", action="store_true", help="APP is a factory returning the app")
     run.add_argument("--workers", type=int, default=None)
     run.set_defaults(handler=_run)

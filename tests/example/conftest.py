@@ -56,7 +56,10 @@ def chat_factory(tmp_path: Path) -> ChatFactory:
             **settings,
         )
         app = create_app(config, chat_settings)
-        async with serve(app) as handle:
+        # Served as `./run demo` serves it: the fast-path protocol, compression off.
+        async with serve(
+            app, ws="fastapi_channels.fastpath:FastWebSocketProtocol", ws_per_message_deflate=False
+        ) as handle:
             try:
                 yield RunningChat(app, handle)
             finally:

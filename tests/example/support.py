@@ -111,7 +111,7 @@ async def close_all_clients() -> None:
 
 
 class ExampleServer(ServerProcess):
-    """The demo command in a subprocess: `uvicorn example.main:app ... --ws websockets-sansio`."""
+    """The demo command in a subprocess: what `./run demo` executes (`fastapi_channels.cli run`)."""
 
     def _spawn(self, log: object) -> None:
         import subprocess
@@ -120,16 +120,13 @@ class ExampleServer(ServerProcess):
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
+                "fastapi_channels.cli",
+                "run",
                 "example.main:app",
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--ws",
-                self.ws,
-                "--log-level",
-                "warning",
                 "--no-access-log",
             ],
             cwd=ROOT,

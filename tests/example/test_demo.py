@@ -1,6 +1,6 @@
 """The README's demo command, as a subprocess: memory backend without Redis, history across restarts.
 
-`uvicorn example.main:app --host 127.0.0.1 --port <free> --ws websockets-sansio` serves the
+`./run demo` (`python -m fastapi_channels.cli run example.main:app --host 127.0.0.1 --port <free>`) serves the
 module-level app, whose manager is the process's first: `get_manager()` in
 example.external_events reaches it from the database thread and from background tasks.
 """
