@@ -195,12 +195,20 @@ class ErrorResponse:
         }
 
 
-class AuthenticationError(BaseError):
+class AuthenticationError(BaseError, WebSocketException):
+    """Who is connecting is unknown. Raised at the handshake (e.g. by `auth.WebSocketAuth`),
+    Starlette refuses the socket (HTTP 403); raised later, the connection closes with 4001."""
+
     category = ErrorCategory.AUTHENTICATION
     severity = ErrorSeverity.HIGH
     default_code = "AUTHENTICATION_FAILED"
     default_ws_code = CloseCode.AUTHENTICATION_FAILED
     disconnects = True
+
+    def __init__(self, message: str = "", **kwargs: Any) -> None:
+        BaseError.__init__(self, message, **kwargs)
+        self.code = self.ws_code
+        self.reason = self.error_code
 
 
 class AuthorizationError(BaseError):

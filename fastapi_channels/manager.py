@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,7 +23,13 @@ from fastapi_channels.backends.base import Admission, BaseBackend
 from fastapi_channels.backends.memory import MemoryBackend
 from fastapi_channels.config import WSConfig
 from fastapi_channels.connection import Connection, WriteCoalescer
-from fastapi_channels.exceptions import BackendError, BaseError, CloseCode, ConnectionError
+from fastapi_channels.exceptions import (
+    AuthorizationError,
+    BackendError,
+    BaseError,
+    CloseCode,
+    ConnectionError,
+)
 from fastapi_channels.framing import encode_frame
 from fastapi_channels.heartbeat import plan, sweep_period
 from fastapi_channels.messages import to_frame
@@ -35,6 +42,9 @@ __all__ = ["ConnectionManager", "get_manager"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+JoinAuthorizer = Callable[[Connection, str], "bool | Awaitable[bool]"]
+"""Decides whether a connection may join a group; runs on the server that owns the connection."""
 
 _default_manager: ConnectionManager | None = None
 
@@ -63,7 +73,13 @@ def _make_backend(config: WSConfig) -> BaseBackend:
 class ConnectionManager:
     """Connections, groups and sends for one server; the same API on every backend."""
 
-    def __init__(self, ws_config: WSConfig | None = None, *, backend: BaseBackend | None = None) -> None:
+    def __init__(
+        self,
+        ws_config: WSConfig | None = None,
+        *,
+        backend: BaseBackend | None = None,
+        authorize_join: JoinAuthorizer | None = None,
+    ) -> None:
         global _default_manager
         self.config = ws_config if ws_config is not None else WSConfig()
         self.server_id = self.config.SERVER_INSTANCE_ID
@@ -79,6 +95,7 @@ class ConnectionManager:
         self._subscription_lock = asyncio.Lock()
         self._subscribed: set[str] = set()
         self._fast_channels: set[str] = set()  # local connections on the fast path
+        self.authorize_join = authorize_join
         self._coalescer = WriteCoalescer()
         self._tasks: list[asyncio.Task[None]] = []
         self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=CONTROL_QUEUE_SIZE)
@@ -364,6 +381,18 @@ class ConnectionManager:
             return
         if not connection.is_open:
             raise ConnectionError("connection is closing", error_code="CONNECTION_CLOSED", retryable=False)
+        if self.authorize_join is not None:
+            allowed = self.authorize_join(connection, group)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if not allowed:
+                raise AuthorizationError(
+                    f"not allowed to join {group!r}",
+                    error_code="JOIN_FORBIDDEN",
+                    details={"group": group},
+                    user_id=connection.user_id,
+                    connection_id=connection_id,
+                )
         added = await self._backend_call(
             self.backend.group_add(group, connection_id, max_groups=self.config.MAX_TOTAL_GROUPS)
         )
