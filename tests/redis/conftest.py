@@ -25,7 +25,9 @@ def cluster(redis_server: RedisProcess, redis_prefix: str, tmp_path: Path) -> It
     """`cluster(n, **env)` starts n server processes sharing the session's Redis."""
     started: list[ServerProcess] = []
 
-    def start(count: int = 2, redis: RedisProcess | None = None, **env: object) -> list[ServerProcess]:
+    def start(
+        count: int = 2, redis: RedisProcess | None = None, ws: str = "websockets-sansio", **env: object
+    ) -> list[ServerProcess]:
         servers = []
         for index in range(count):
             server = ServerProcess(
@@ -36,6 +38,7 @@ def cluster(redis_server: RedisProcess, redis_prefix: str, tmp_path: Path) -> It
                     "SERVER_INSTANCE_ID": f"srv{index}-{redis_prefix.rstrip(':')}",
                     **{key: str(value) for key, value in env.items()},
                 },
+                ws=ws,
                 log_path=tmp_path / f"server{index}.log",
             )
             server.start()
