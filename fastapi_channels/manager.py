@@ -468,16 +468,9 @@ class ConnectionManager:
         user_id = routing.validate_name("user", str(user_id))
         frame = self.encode(message)
         envelope = routing.encode_frame_envelope(frame)
-        try:
-            count = await self.backend.publish_to_user(routing.user_topic(user_id), user_id, envelope)
-        except BaseError:
-            self.counters.publish_failures += 1
-            raise
-        except Exception as exc:
-            self.counters.publish_failures += 1
-            raise BackendError(f"publish failed: {exc!r}", component="backend") from exc
-        self.counters.messages_published += 1
-        return count
+        return await self._counted(
+            self.backend.publish_to_user(routing.user_topic(user_id), user_id, envelope)
+        )
 
     async def broadcast(self, message: Any) -> None:
         """Send to every connection on every server."""
@@ -485,15 +478,17 @@ class ConnectionManager:
         await self._publish(routing.BROADCAST_TOPIC, routing.encode_frame_envelope(frame))
 
     async def _publish(self, topic: str, envelope: bytes) -> None:
+        await self._counted(self.backend.publish(topic, envelope))
+
+    async def _counted(self, publish: Awaitable[T]) -> T:
+        """Run a publish, counting it or its failure; a broker failure becomes BackendError."""
         try:
-            await self.backend.publish(topic, envelope)
+            result = await self._backend_call(publish)
         except BaseError:
             self.counters.publish_failures += 1
             raise
-        except Exception as exc:
-            self.counters.publish_failures += 1
-            raise BackendError(f"publish failed: {exc!r}", component="backend") from exc
         self.counters.messages_published += 1
+        return result
 
     async def _backend_call(self, awaitable: Awaitable[T]) -> T:
         try:
