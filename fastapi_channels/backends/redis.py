@@ -20,7 +20,7 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -55,6 +55,8 @@ _REAP_BATCH = 500
 _REAP_ROUNDS_PER_TICK = 20
 _REFRESH_CHUNK = 500
 _SUBSCRIBE_CONFIRM_TIMEOUT = 5.0
+REDIS_POOL_SIZE = 32
+"""Connections to Redis per server for commands (the pub/sub reader has one more of its own)."""
 
 
 def _load_script(name: str) -> str:
@@ -132,10 +134,18 @@ class RedisBackend(BaseBackend):
         self.server_id = server_id
         self.keys = RedisKeys(self.prefix, server_id)
         self._handler = on_message
-        # No automatic retries: a retried PUBLISH could deliver twice; failures surface as BackendError.
-        self._client = Redis.from_url(
-            self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5, socket_timeout=10
+        # A bounded pool that makes callers wait for a free connection (up to 10 s) instead of
+        # failing when a burst of connects or closes all need Redis at once. No automatic
+        # retries: a retried PUBLISH could deliver twice; failures surface as BackendError.
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=10,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=5,
+            socket_timeout=10,
         )
+        self._client = Redis.from_pool(pool)  # the client owns and closes the pool
         await self._connect_with_retries()
         self._scripts = {name: self._client.register_script(_load_script(name)) for name in _SCRIPTS}
         await self._heartbeat()

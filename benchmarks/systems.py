@@ -1,0 +1,134 @@
+"""The systems under test, each an ASGI app serving the same tiny protocol at /ws.
+
+A client sends the text `join` and gets `joined` once it is a member of the group `bench`;
+a publisher sends `P<payload>` and every member must receive `<payload>` verbatim.
+
+    bare          Starlette: a list of sockets and `await ws.send_text()` for each (the limit
+                  of the ASGI stack on one server)
+    bare_redis    the same plus redis-py pub/sub: one subscription per process, a local loop
+    channels      fastapi-channels (backend from BACKEND_TYPE / REDIS_URL)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+GROUP = "bench"
+
+
+# --- bare: the ASGI send loop --------------------------------------------------------------------
+_members: list[WebSocket] = []
+
+
+async def _bare_endpoint(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            if text == "join":
+                _members.append(websocket)
+                await websocket.send_text("joined")
+            elif text.startswith("P"):
+                payload = text[1:]
+                for member in list(_members):
+                    with contextlib.suppress(Exception):
+                        await member.send_text(payload)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if websocket in _members:
+            _members.remove(websocket)
+
+
+bare = Starlette(routes=[WebSocketRoute("/ws", _bare_endpoint)])
+
+
+# --- bare_redis: the same across servers through redis-py pub/sub ----------------------------------
+_redis_members: list[WebSocket] = []
+_redis_state: dict[str, object] = {}
+
+
+async def _fan_out_from_redis() -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(os.environ["REDIS_URL"])
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"bare:{GROUP}")
+    _redis_state["client"] = client
+    async for message in pubsub.listen():
+        if message["type"] != "message":
+            continue
+        payload = message["data"].decode()
+        for member in list(_redis_members):
+            with contextlib.suppress(Exception):
+                await member.send_text(payload)
+
+
+@asynccontextmanager
+async def _bare_redis_lifespan(app: Starlette) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(_fan_out_from_redis())
+    while "client" not in _redis_state:
+        await asyncio.sleep(0.01)
+    yield
+    task.cancel()
+
+
+async def _bare_redis_endpoint(websocket: WebSocket) -> None:
+    await websocket.accept()
+    client = _redis_state["client"]
+    try:
+        while True:
+            text = await websocket.receive_text()
+            if text == "join":
+                _redis_members.append(websocket)
+                await websocket.send_text("joined")
+            elif text.startswith("P"):
+                await client.publish(f"bare:{GROUP}", text[1:])  # type: ignore[attr-defined]
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if websocket in _redis_members:
+            _redis_members.remove(websocket)
+
+
+bare_redis = Starlette(routes=[WebSocketRoute("/ws", _bare_redis_endpoint)], lifespan=_bare_redis_lifespan)
+
+
+# --- channels: fastapi-channels ----------------------------------------------------------------------
+def _channels_app() -> Starlette:
+    from fastapi_channels import ConnectionManager, WSConfig
+
+    manager = ConnectionManager(WSConfig(LOG_STATS=False, WS_ENABLE_HEARTBEAT=False))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await manager.start_tasks()
+        yield
+        await manager.stop_tasks()
+
+    async def endpoint(websocket: WebSocket) -> None:
+        connection = await manager.connect(websocket)
+        name = connection.channel_name
+        try:
+            while True:
+                text = await websocket.receive_text()
+                if text == "join":
+                    await manager.join_group(name, GROUP)
+                    await manager.send_personal(name, "joined")
+                elif text.startswith("P"):
+                    await manager.send_to_group(GROUP, text[1:])
+        except WebSocketDisconnect:
+            await manager.disconnect(name)
+
+    return Starlette(routes=[WebSocketRoute("/ws", endpoint)], lifespan=lifespan)
+
+
+channels = _channels_app()
