@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -133,7 +134,9 @@ async def test_cluster_counts_see_every_server(cluster: ClusterFactory) -> None:
     assert view["groups"] == 1
 
 
-async def test_killed_server_state_is_reclaimed_within_the_expiry(cluster: ClusterFactory) -> None:
+async def test_killed_server_state_is_reclaimed_within_the_expiry(
+    cluster: ClusterFactory, record_property: Callable[[str, object], None]
+) -> None:
     expiry = 2
     doomed, survivor = cluster(2, REDIS_REGISTRY_EXPIRY=expiry, MAX_CONNECTIONS_PER_CLIENT=2)
     victims = [await Client.open(doomed.ws_url, "dave") for _ in range(2)]
@@ -154,6 +157,7 @@ async def test_killed_server_state_is_reclaimed_within_the_expiry(cluster: Clust
             break
         await asyncio.sleep(0.1)
     assert reclaimed_after is not None, "the killed server's state was not reclaimed in time"
+    record_property("reclaimed_after_s", round(reclaimed_after, 2))
     back = [await Client.open(survivor.ws_url, "dave") for _ in range(2)]
     assert len(back) == 2
     await witness.send(op="group", group="g", data="still here")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -63,7 +64,7 @@ async def test_unreachable_redis_at_start_fails_clearly_after_the_configured_ret
 
 
 async def test_redis_restart_mid_run_recovers_state_and_traffic(
-    cluster: ClusterFactory, own_redis: RedisProcess
+    cluster: ClusterFactory, own_redis: RedisProcess, record_property: Callable[[str, object], None]
 ) -> None:
     s1, s2 = cluster(2, redis=own_redis, REDIS_REGISTRY_EXPIRY=3)
     clients = [await Client.open(s.ws_url, f"user{i}") for i, s in enumerate((s1, s2, s1, s2))]
@@ -80,6 +81,7 @@ async def test_redis_restart_mid_run_recovers_state_and_traffic(
     back_at = time.monotonic()
     resumed_at = await until_group_flows(clients[1], clients, deadline=back_at + 10)
     assert resumed_at - back_at < 10
+    record_property("traffic_resumed_after_s", round(resumed_at - back_at, 2))
 
     # Every message after recovery reaches every member.
     for sequence in range(50):
