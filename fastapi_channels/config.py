@@ -84,6 +84,15 @@ class WSConfig(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        # The forms redis-py accepts; anything else would only fail at the first connection.
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in {"redis", "rediss", "unix"} or not rest:
+            raise ValueError("must be redis://host:port/db, rediss://... or unix:///path")
+        return value
+
     @field_validator("SERVER_INSTANCE_ID")
     @classmethod
     def _check_server_id(cls, value: str) -> str:

@@ -144,6 +144,10 @@ class BaseError(Exception):
             if value is not None:
                 setattr(self.context, name, value)
 
+    def __str__(self) -> str:
+        # Not WebSocketException's "code: reason" for the errors that are both.
+        return self.message
+
     def should_disconnect(self) -> bool:
         """True when the connection must be closed with `ws_code` after the error frame."""
         return self._disconnect

@@ -61,6 +61,9 @@ def to_frame(message: Any, serializer: Serializer) -> str | bytes:
         return message
     if isinstance(message, bytearray | memoryview):
         return bytes(message)
-    if isinstance(message, Message) and message.binary_data is not None and message.data is None:
-        return message.binary_data
+    if isinstance(message, Message):
+        if message.binary_data is not None and message.data is None:
+            return message.binary_data
+        # Its wire shape, not every field (orjson would serialise the dataclass whole).
+        return serializer.dumps(message.to_dict())
     return serializer.dumps(message)

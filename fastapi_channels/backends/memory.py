@@ -37,6 +37,7 @@ class MemoryBackend(BaseBackend):
         self._handler: MessageHandler | None = None
         self._topics: set[str] = set()
         self._channels: set[str] = set()
+        self._memberships: set[tuple[str, str]] = set()
 
     async def start(self, server_id: str, on_message: MessageHandler) -> None:
         self._handler = on_message
@@ -44,6 +45,8 @@ class MemoryBackend(BaseBackend):
     async def stop(self) -> None:
         for topic in list(self._topics):
             await self.unsubscribe(topic)
+        for group, channel_name in list(self._memberships):
+            await self.group_discard(group, channel_name)
         for channel_name in list(self._channels):
             await self.remove_connection(channel_name, self.hub.connections.get(channel_name))
         self._handler = None
@@ -121,9 +124,11 @@ class MemoryBackend(BaseBackend):
                 return False
             members = self.hub.groups[group] = set()
         members.add(channel_name)
+        self._memberships.add((group, channel_name))
         return True
 
     async def group_discard(self, group: str, channel_name: str) -> None:
+        self._memberships.discard((group, channel_name))
         members = self.hub.groups.get(group)
         if members is None:
             return
