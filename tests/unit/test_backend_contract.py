@@ -1,22 +1,8 @@
 """The BaseBackend contract, run against every backend factory in CLUSTERS.
 
 A test gets a `cluster`: a factory of started backends ("nodes") that share one cluster
-state, as servers sharing one broker do. Only the memory backend is wired in here; to run
-the same contract on Redis, add a factory to CLUSTERS, e.g.::
-
-    @asynccontextmanager
-    async def redis_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-        from fastapi_channels.backends.redis import RedisBackend
-
-        server = request.getfixturevalue("redis_server")    # tests/conftest.py
-        prefix = request.getfixturevalue("redis_prefix")
-        cluster = Cluster(lambda: RedisBackend(server.url, prefix=prefix), settle_delay=0.2)
-        try:
-            yield cluster
-        finally:
-            await cluster.close()
-
-    CLUSTERS["redis"] = redis_cluster
+state, as servers sharing one broker do: the memory backend (several backends on one hub)
+and the Redis backend (several backends on the session's redis-server, one key prefix).
 
 Tests only use what every backend promises: channel names made by `new_channel_name` for the
 node that owns them, delivery checked after `cluster.settle()` (asynchronous brokers deliver
@@ -101,7 +87,20 @@ async def memory_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluste
 
 
 ClusterFactory = Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Cluster]]
-CLUSTERS: dict[str, ClusterFactory] = {"memory": memory_cluster}
+@asynccontextmanager
+async def redis_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    from fastapi_channels.backends.redis import RedisBackend
+
+    server = request.getfixturevalue("redis_server")  # a redis-server of the session's own
+    prefix = request.getfixturevalue("redis_prefix")
+    cluster = Cluster(lambda: RedisBackend(server.url, prefix=prefix), settle_delay=0.2)
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+CLUSTERS: dict[str, ClusterFactory] = {"memory": memory_cluster, "redis": redis_cluster}
 
 
 @pytest.fixture(params=sorted(CLUSTERS))
