@@ -222,14 +222,25 @@ class ConnectionManager:
                 "connection id already in use", error_code="DUPLICATE_CONNECTION_ID", retryable=False
             )
         config = self.config
-        admission = await self._backend_call(
-            self.backend.add_connection(
-                channel_name,
-                user_id,
-                max_per_user=config.MAX_CONNECTIONS_PER_CLIENT,
-                max_total=config.MAX_TOTAL_CONNECTIONS,
+        try:
+            admission = await self._backend_call(
+                self.backend.add_connection(
+                    channel_name,
+                    user_id,
+                    max_per_user=config.MAX_CONNECTIONS_PER_CLIENT,
+                    max_total=config.MAX_TOTAL_CONNECTIONS,
+                )
             )
-        )
+        except BackendError as exc:
+            # Limits cannot be checked while the broker is down: refuse, and say "try again later".
+            self.counters.connections_refused += 1
+            await self._refuse(websocket)
+            raise ConnectionError(
+                "the backend is unavailable",
+                error_code="BACKEND_UNAVAILABLE",
+                user_id=user_id,
+                component="manager",
+            ) from exc
         if admission is not Admission.ACCEPTED:
             self.counters.connections_refused += 1
             scope, limit = (

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from websockets.exceptions import ConnectionClosed
 
 from fastapi_channels import ConnectionManager, WSConfig
 from fastapi_channels.backends.redis import RedisBackend
@@ -76,6 +77,11 @@ async def test_redis_restart_mid_run_recovers_state_and_traffic(
     await clients[0].send(op="group", group="room", data="lost in the outage")
     error = await clients[0].next(timeout=15)
     assert error["type"] == "error" and error["error_code"] == "BACKEND_UNAVAILABLE" and error["retryable"]
+    # A new client cannot be admitted (limits cannot be checked): a clean "try again later".
+    with pytest.raises(ConnectionClosed) as refused:
+        await Client.open(s2.ws_url, "latecomer")
+    assert refused.value.rcvd is not None
+    assert (refused.value.rcvd.code, refused.value.rcvd.reason) == (1013, "BACKEND_UNAVAILABLE")
 
     own_redis.start()
     back_at = time.monotonic()
@@ -105,6 +111,7 @@ async def test_redis_restart_mid_run_recovers_state_and_traffic(
     for server in (s1, s2):
         assert server.alive
         assert (await stats(server.http_url))["backend_outages"] >= 1
+        assert "Exception in ASGI application" not in server.log()
 
 
 async def test_killed_pubsub_connection_is_noticed_and_repaired(
