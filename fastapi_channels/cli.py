@@ -7,10 +7,12 @@ fastapi-channels config          # the effective settings, or which variable is 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "resolve_ws"]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -23,7 +25,8 @@ def _run(args: argparse.Namespace) -> int:
         args.app,
         host=args.host,
         port=args.port,
-        ws=args.ws,
+        # A class, not its import path: older uvicorn releases only look names up in a table.
+        ws=resolve_ws(args.ws),
         # The server refuses frames above the size the library accepts (close 1009).
         ws_max_size=config.WS_MAX_MESSAGE_SIZE,
         ws_per_message_deflate=args.ws_per_message_deflate,
@@ -33,6 +36,14 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     return 0
+
+
+def resolve_ws(ws: str) -> Any:
+    """uvicorn's --ws value: a protocol class for a `module:Class` path, the name otherwise."""
+    if ":" not in ws:
+        return ws
+    module, _, name = ws.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _config(_: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@ writes those bytes straight to each recipient's transport. Select it with
 
     uvicorn app:app --ws fastapi_channels.fastpath:FastWebSocketProtocol
 
-(or `fastapi-channels run app:app`, which does). It subclasses uvicorn's sans-I/O protocol
-(uvicorn >= 0.35, < 1.0) and offers a `FrameWriter` in the ASGI scope's extensions under
+(or `fastapi-channels run app:app`, which passes the class object, as uvicorn.run(app,
+ws=FastWebSocketProtocol) does). It subclasses uvicorn's sans-I/O protocol: uvicorn
+>= 0.52.4, < 1.0 (CI runs the fast-path tests on the lowest and the newest), and it
+offers a `FrameWriter` in the ASGI scope's extensions under
 `fastapi_channels.frames`. A connection that negotiated an extension changing frames
 (permessage-deflate) is not offered one; everything else about the protocol is unchanged.
 """

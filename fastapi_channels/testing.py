@@ -36,9 +36,16 @@ async def serve(app: Any, *, ws: str = "websockets-sansio", **options: Any) -> A
     """Run `app` under uvicorn (lifespan included) until the block exits."""
     import uvicorn
 
+    from fastapi_channels.cli import resolve_ws
+
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws=ws, log_level=options.pop("log_level", "warning"), **options
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws=resolve_ws(ws),
+        log_level=options.pop("log_level", "warning"),
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
