@@ -362,7 +362,9 @@ class ConnectionManager:
 
     async def count_user_connections(self, user_id: str) -> int:
         """*Cluster-wide*: connections of a user on every server."""
-        return await self._backend_call(self.backend.count_user_connections(user_id))
+        return await self._backend_call(
+            self.backend.count_user_connections(routing.validate_name("user", user_id))
+        )
 
     async def count_connections(self) -> int:
         """*Cluster-wide*: connections on every server."""

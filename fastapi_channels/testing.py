@@ -39,6 +39,9 @@ async def serve(app: Any, *, ws: str = "websockets-sansio", **options: Any) -> A
     from fastapi_channels.cli import resolve_ws
 
     port = free_port()
+    # log_config=None keeps the process's logging as it is, so uvicorn's records (an
+    # "Exception in ASGI application" included) reach the root logger and pytest's caplog.
+    options.setdefault("log_config", None)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
