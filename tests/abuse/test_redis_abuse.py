@@ -1,0 +1,142 @@
+"""Whoever can publish on the broker, or name a group, must not reach code execution or foreign keys."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from fastapi_channels import ConnectionManager, WSConfig
+from fastapi_channels.exceptions import ValidationError
+from fastapi_channels.testing import ServerHandle, serve
+from tests.app import create_app
+from tests.support.client import Client
+from tests.support.redis_server import RedisProcess
+
+EXECUTED: list[str] = []
+
+
+def mark_executed(marker: str) -> str:
+    """What the crafted pickles call when loaded: records the call and touches a file."""
+    EXECUTED.append(marker)
+    Path(marker).touch()
+    return marker
+
+
+class Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (mark_executed, (self.marker,))
+
+
+@pytest.fixture
+async def redis_app(
+    redis_server: RedisProcess, redis_prefix: str
+) -> AsyncIterator[tuple[ServerHandle, ConnectionManager]]:
+    config = WSConfig(
+        LOG_STATS=False, BACKEND_TYPE="redis", REDIS_URL=redis_server.url, REDIS_CHANNEL_PREFIX=redis_prefix
+    )
+    app, manager = create_app(config)
+    async with serve(app) as handle:
+        yield handle, manager
+
+
+@pytest.fixture
+async def admin(redis_server: RedisProcess) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def test_a_crafted_pickle_published_on_a_group_channel_is_never_loaded(
+    redis_app: tuple[ServerHandle, ConnectionManager],
+    admin: aioredis.Redis,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    handle, manager = redis_app
+    member = await Client.open(handle.ws_url, "member")
+    await member.call("joined", op="join", group="room")
+    marker = tmp_path / "pwned"
+    payloads = [pickle.dumps(Exploit(marker), protocol=p) for p in (0, 2, pickle.HIGHEST_PROTOCOL)]
+    assert payloads[0][:1] == b"c"  # protocol 0 starts with GLOBAL: the control envelope's kind byte
+    before = manager.get_stats()["backend_messages_invalid"]
+    for payload in payloads:
+        receivers = await admin.publish(f"{redis_prefix}group:room", payload)
+        assert receivers == 1  # the server's subscription did receive it
+
+    await member.send(op="group", group="room", data="after the exploit")
+    assert await member.next() == {"type": "group", "data": "after the exploit"}  # nothing came before it
+    assert manager.get_stats()["backend_messages_invalid"] - before == len(payloads)
+    assert not marker.exists() and not EXECUTED
+    # The default configuration refuses pickle even where the app would ask for it.
+    assert manager.serializer.name == "orjson"
+
+
+BAD_NAMES = ["a:b", "room*", "a|b", "two words", "x" * 101, "", "new\nline", "prefix:group:other", "ü"]
+
+
+async def all_keys(admin: aioredis.Redis) -> set[bytes]:
+    return {key async for key in admin.scan_iter(count=1000)}
+
+
+async def channels(admin: aioredis.Redis) -> set[bytes]:
+    return set(await admin.pubsub_channels())
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_a_name_that_could_escape_the_prefix_is_refused_and_writes_no_key(
+    redis_app: tuple[ServerHandle, ConnectionManager], admin: aioredis.Redis, redis_prefix: str, name: str
+) -> None:
+    handle, manager = redis_app
+    client = await Client.open(handle.ws_url, "owner")
+    await client.call("joined", op="join", group="fine")
+    keys_before, channels_before = await all_keys(admin), await channels(admin)
+
+    calls = {
+        "join_group": lambda: manager.join_group(client.channel_name, name),
+        "leave_group": lambda: manager.leave_group(client.channel_name, name),
+        "send_to_group": lambda: manager.send_to_group(name, {"type": "x"}),
+        "send_group_except": lambda: manager.send_group_except(name, {"type": "x"}, client.channel_name),
+        "send_to_user": lambda: manager.send_to_user(name, {"type": "x"}),
+        "group_size": lambda: manager.group_size(name),
+        "group_members": lambda: manager.group_members(name),
+    }
+    for method, call in calls.items():
+        with pytest.raises(ValidationError) as refused:
+            await call()
+        assert refused.value.error_code == "INVALID_NAME", method
+    # Through the socket too: the command's error frame, the connection kept.
+    reply = await client.call("error", op="join", group=name)
+    assert reply["error_code"] == "INVALID_NAME"
+
+    if name and "\n" not in name:
+        with pytest.raises(InvalidStatus) as handshake:
+            await connect(f"{handle.ws_url}/ws/{quote(name, safe='')}", open_timeout=10)
+        assert handshake.value.response.status_code == 403
+
+    await asyncio.sleep(0.05)
+    new_keys = await all_keys(admin) - keys_before
+    new_channels = await channels(admin) - channels_before
+    outside = [k for k in new_keys | new_channels if not k.startswith(redis_prefix.encode())]
+    assert not outside, outside
+    assert all(name.encode() not in key for key in new_keys | new_channels), (new_keys, new_channels)
+    assert len(manager.registry) == 1
+
+
+async def test_count_user_connections_refuses_an_invalid_user_name(
+    redis_app: tuple[ServerHandle, ConnectionManager],
+) -> None:
+    _, manager = redis_app
+    with pytest.raises(ValidationError):
+        await manager.count_user_connections("a:b*")
