@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Path, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, HTTPException, Path, WebSocket, WebSocketDisconnect
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import HTTPConnection
@@ -54,9 +54,10 @@ from example.schemas import (
     StatusOut,
 )
 from example.settings import ChatSettings
-from fastapi_channels import ConnectionManager, get_manager
+from fastapi_channels import Connection, ConnectionManager, get_manager
+from fastapi_channels.auth import WebSocketAuth
 from fastapi_channels.config import WSConfig
-from fastapi_channels.exceptions import BackendError, BaseError
+from fastapi_channels.exceptions import AuthenticationError, BackendError, BaseError
 from fastapi_channels.exceptions import ValidationError as ChannelsValidationError
 from fastapi_channels.middleware import LoggingMiddleware, RateLimitMiddleware, ValidationMiddleware
 
@@ -82,8 +83,27 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     ws_config = ws_config if ws_config is not None else WSConfig()
     settings = settings if settings is not None else ChatSettings()
 
+    # Who may join which group: rooms named admin-* are for CHAT_ADMINS only. The hook runs on
+    # the server that owns the connection, for local and remote joins alike.
+    admins = settings.admins()
+
+    def authorize_join(connection: Connection, group: str) -> bool:
+        return not group.startswith(room_group("admin-")) or connection.user_id in admins
+
     # Unified connection manager (MemoryBackend or RedisBackend, from BACKEND_TYPE)
-    manager = ConnectionManager(ws_config=ws_config)
+    manager = ConnectionManager(ws_config=ws_config, authorize_join=authorize_join)
+
+    # Optional authentication at the handshake: with CHAT_ACCESS_TOKENS set, the socket of
+    # /ws/{user_id} needs that user's token, else it is refused before anything registers.
+    tokens = settings.access_tokens()
+    token_auth = WebSocketAuth(verify=tokens.get) if tokens else None
+
+    async def authenticated(websocket: WebSocket, user_id: str) -> str:
+        if token_auth is None:
+            return user_id
+        if await token_auth(websocket) != user_id:
+            raise AuthenticationError("the token is not this user's", error_code="AUTHENTICATION_FAILED")
+        return user_id
 
     # Rate limits are shared by all servers through Redis on the redis backend only: the
     # memory backend needs no Redis at all.
@@ -177,7 +197,12 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     app.add_exception_handler(BaseError, channels_error)  # type: ignore[arg-type]
 
     @app.websocket("/ws/{user_id}")
-    async def websocket_endpoint(websocket: WebSocket, user_id: str) -> None:
+    async def websocket_endpoint(
+        websocket: WebSocket,
+        user_id: str,
+        # A default, not Annotated: the annotation is a string here and names a local function.
+        authenticated_user: str = Depends(authenticated),
+    ) -> None:
         connection = await manager.connect(websocket=websocket, user_id=user_id)
 
         consumer = ChatConsumer(

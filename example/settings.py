@@ -27,3 +27,17 @@ class ChatSettings(BaseSettings):
     CHAT_MAX_FILE_BYTES: int = Field(default=256 * 1024, ge=1, description="largest shared file (decoded)")
     CHAT_HISTORY_ON_JOIN: int = Field(default=50, ge=0, le=1000, description="messages sent on join_room")
     CHAT_CORS_ORIGINS: str = Field(default="*", description="comma-separated origins allowed by CORS")
+    CHAT_ACCESS_TOKENS: str = Field(
+        default="",
+        description="comma-separated user:token pairs; when set, /ws/{user_id} needs that user's token "
+        "(?token=, an Authorization: Bearer header or a token cookie)",
+    )
+    CHAT_ADMINS: str = Field(default="", description="comma-separated users allowed into rooms named admin-*")
+
+    def access_tokens(self) -> dict[str, str]:
+        """token -> user id."""
+        pairs = (item.split(":", 1) for item in self.CHAT_ACCESS_TOKENS.split(",") if ":" in item)
+        return {token.strip(): user.strip() for user, token in pairs if token.strip()}
+
+    def admins(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.CHAT_ADMINS.split(",") if name.strip())
