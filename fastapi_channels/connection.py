@@ -236,6 +236,10 @@ class Connection:
 
     def _make_room(self, size: int) -> bool:
         """Apply the overflow policy for a frame of `size`; True when it may now be queued."""
+        if not self._buffer:
+            # One frame larger than the byte bound is not slowness: an empty buffer always
+            # takes it (its size is bounded by what the server accepts or sends).
+            return True
         counters = self._counters
         if self._policy == "close":
             dropped = len(self._buffer) + 1

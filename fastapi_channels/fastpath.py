@@ -90,5 +90,15 @@ class FastWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_close(1001, "server shutting down")
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.transport.close()
-            return
-        super().shutdown()
+        else:
+            super().shutdown()
+        # uvicorn waits, with no deadline, for every connection to close; a client that stopped
+        # reading never lets close() flush. Drop its connection after a grace period.
+        self.loop.call_later(self.shutdown_abort_after, self._abort_if_still_open)
+
+    shutdown_abort_after = 2.0
+    """Seconds a connection may take to flush and close on server shutdown before it is aborted."""
+
+    def _abort_if_still_open(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
