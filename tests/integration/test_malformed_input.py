@@ -1,0 +1,112 @@
+"""Malformed input from one client ends that client's connection at most: the server, and
+every other client, carry on as if nothing happened."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.integration.conftest import (
+    ALL_WS,
+    WS_IDS,
+    Client,
+    LogCapture,
+    SilentSocket,
+    StartServer,
+    eventually,
+)
+
+MAX_SIZE = 1024 * 1024  # uvicorn's --ws-max-size for these tests (its default is 16 MiB)
+
+Send = Callable[[Client], Awaitable[None]]
+
+
+async def invalid_json(client: Client) -> None:
+    await client.ws.send("{this is not json")
+
+
+async def json_that_is_not_an_object(client: Client) -> None:
+    await client.ws.send("[1, 2, 3]")
+
+
+async def binary_where_text_is_expected(client: Client) -> None:
+    await client.ws.send(b'{"op": "echo", "data": 1}')
+
+
+async def command_missing_a_field(client: Client) -> None:
+    await client.ws.send('{"op": "join"}')
+
+
+@pytest.fixture(params=ALL_WS, ids=[WS_IDS[ws] for ws in ALL_WS])
+def ws(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.parametrize(
+    "bad_input",
+    [invalid_json, json_that_is_not_an_object, binary_where_text_is_expected, command_missing_a_field],
+    ids=lambda f: f.__name__,
+)
+async def test_a_bad_frame_ends_only_its_own_connection(
+    start_server: StartServer, ws: str, bad_input: Send, server_log: LogCapture
+) -> None:
+    async with start_server(ws=ws) as (server, manager):
+        healthy, bystander = await Client.open(server, "healthy"), await Client.open(server, "bystander")
+        for client in (healthy, bystander):
+            await client.join("room")
+        victim = await Client.open(server, "victim")
+        await victim.join("room")
+
+        await bad_input(victim)
+
+        code, _ = await victim.wait_closed()
+        assert code == 1011  # the test app closes a connection whose command it cannot run
+        await eventually(lambda: manager.get_connection(victim.channel_name) is None, what="cleanup")
+        await bystander.send(op="group", group="room", data="after the bad input")
+        for client in (healthy, bystander):
+            assert await client.next() == {"type": "group", "data": "after the bad input"}
+        assert await healthy.echo_marker("ok") == {"type": "echo", "data": "ok"}
+        newcomer = await Client.open(server, "newcomer")
+        assert await newcomer.echo_marker("hi") == {"type": "echo", "data": "hi"}
+        assert len(manager.registry) == 3
+        assert server_log.tracebacks() == []
+
+
+async def test_a_frame_above_the_servers_max_size_is_refused_with_1009(
+    start_server: StartServer, ws: str
+) -> None:
+    async with start_server(ws=ws, uvicorn={"ws_max_size": MAX_SIZE}) as (server, manager):
+        healthy = await Client.open(server, "healthy")
+        await healthy.join("room")
+        victim = await Client.open(server, "victim")
+        await victim.join("room")
+
+        await victim.ws.send("x" * (MAX_SIZE + 1))
+
+        code, _ = await victim.wait_closed()
+        assert code == 1009
+        await eventually(lambda: manager.get_connection(victim.channel_name) is None, what="cleanup")
+        # A frame of exactly the maximum size is still fine for the others.
+        await healthy.send(op="echo", data="y" * (MAX_SIZE - 100))
+        assert await healthy.next() == {"type": "echo", "data": "y" * (MAX_SIZE - 100)}
+        await manager.send_to_group("room", {"type": "group", "data": "after"})
+        assert await healthy.next() == {"type": "group", "data": "after"}
+        assert len(manager.registry) == 1
+
+
+async def test_invalid_utf8_in_a_text_frame_is_refused_with_1007(start_server: StartServer, ws: str) -> None:
+    async with start_server(ws=ws) as (server, manager):
+        healthy = await Client.open(server, "healthy")
+        raw = await SilentSocket.open(server, "raw")  # a hand-made client can send what others cannot
+        try:
+            await eventually(lambda: len(manager.get_user_connections("raw")) == 1, what="the raw client")
+            await raw.send_frame(b'{"op": "echo", "data": "\xff\xfe"}')
+
+            assert await raw.read_close_code() == 1007
+            raw.close()  # as a real client does once the closing handshake is over
+            await eventually(lambda: manager.get_user_connections("raw") == [], what="cleanup")
+            assert await healthy.echo_marker("ok") == {"type": "echo", "data": "ok"}
+            assert len(manager.registry) == 1
+        finally:
+            raw.close()

@@ -1,0 +1,184 @@
+"""A client that never reads fills only its own bounded buffer: the slow-consumer policy
+deals with it, and the other members of its group get every message, in order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fastapi_channels import Connection, ConnectionManager
+from fastapi_channels.testing import ServerHandle
+from tests.integration.conftest import (
+    ALL_WS,
+    FAST,
+    WS_IDS,
+    Client,
+    SilentSocket,
+    StartServer,
+    eventually,
+)
+
+QUEUE_BYTES = 64 * 1024
+CHUNK = 2048
+TOTAL = 20 * 1024 * 1024
+COUNT = TOTAL // CHUNK  # 10,240 messages
+WINDOW = 8  # the producer stays at most this many messages ahead of the healthy readers
+
+
+async def flood_group(
+    manager: ConnectionManager, readers: list[Client], count: int = COUNT
+) -> tuple[list[int], int]:
+    """Send `count` numbered ~2 KB messages to "room" through the manager, as a background job
+    would, while `readers` read. The producer is paced by what the healthy readers have
+    *received* (end to end), never by the silent client.
+
+    Returns how many messages each reader got in order, and the largest outbound buffer (in
+    bytes) any connection had right after a send.
+    """
+    padding = "x" * (CHUNK - 40)
+    received = [0] * len(readers)
+    progress = asyncio.Event()
+
+    async def read(index: int, reader: Client) -> None:
+        while received[index] < count:
+            frame = await reader.next(timeout=10)
+            assert frame["data"][0] == received[index], "out of order or lost"
+            received[index] += 1
+            progress.set()
+
+    tasks = [asyncio.create_task(read(i, r)) for i, r in enumerate(readers)]
+    peak = 0
+    try:
+        for sequence in range(count):
+            while sequence - min(received) >= WINDOW:
+                progress.clear()
+                await asyncio.wait_for(progress.wait(), 10)
+                for task in tasks:
+                    if task.done():
+                        task.result()  # a reader failed: raise its error here
+            await manager.send_to_group("room", {"type": "group", "data": [sequence, padding]})
+            # MemoryBackend fans out before the send returns: the buffers are at their fullest now.
+            peak = max([peak, *(c.buffered_bytes for c in manager.registry)])
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return received, peak
+
+
+async def open_room(
+    manager: ConnectionManager, server: ServerHandle, readers: int
+) -> tuple[list[Client], SilentSocket, Connection]:
+    """`readers` healthy clients and one that never reads, all in the group "room"."""
+    healthy = [await Client.open(server, f"reader{i}", max_size=None) for i in range(readers)]
+    for client in healthy:
+        await client.join("room")
+    silent = await SilentSocket.open(server, "stalled")
+    try:
+        await eventually(lambda: len(manager.get_user_connections("stalled")) == 1, what="the silent socket")
+        (slow,) = manager.get_user_connections("stalled")
+        await manager.join_group(slow.channel_name, "room")  # as an app would, by channel name
+    except BaseException:
+        silent.close()
+        raise
+    return healthy, silent, slow
+
+
+@pytest.mark.parametrize("ws", ALL_WS, ids=[WS_IDS[ws] for ws in ALL_WS])
+async def test_a_client_that_never_reads_is_closed_and_the_others_get_everything(
+    start_server: StartServer, ws: str
+) -> None:
+    async with start_server(ws=ws, WS_OUTBOUND_QUEUE_BYTES=QUEUE_BYTES, WS_CLOSE_TIMEOUT=0.5) as (
+        server,
+        manager,
+    ):
+        healthy, silent, slow = await open_room(manager, server, readers=2)
+        try:
+            received, peak = await flood_group(manager, healthy)
+
+            assert received == [COUNT, COUNT]  # every message, in order, at every healthy member
+            stats = manager.get_stats()
+            assert stats["slow_consumer_closes"] >= 1
+            assert stats["messages_dropped"] >= 1
+            assert manager.get_connection(slow.channel_name) is None  # gone from the registry
+            assert manager.get_user_connections("stalled") == []
+            assert [c.channel_name for c in manager.get_group_connections("room")] == [
+                c.channel_name for c in healthy
+            ]
+            assert peak <= QUEUE_BYTES  # no connection ever buffered more than its limit
+            for client in healthy:  # and the healthy ones still work
+                assert await client.echo_marker("m") == {"type": "echo", "data": "m"}
+        finally:
+            silent.close()
+
+
+async def test_drop_oldest_keeps_the_slow_client_and_counts_what_it_lost(start_server: StartServer) -> None:
+    async with start_server(
+        WS_OUTBOUND_QUEUE_BYTES=QUEUE_BYTES, WS_SLOW_CONSUMER_POLICY="drop_oldest", WS_CLOSE_TIMEOUT=0.5
+    ) as (server, manager):
+        healthy, silent, slow = await open_room(manager, server, readers=2)
+        try:
+            received, peak = await flood_group(manager, healthy)
+
+            assert received == [COUNT, COUNT]
+            assert slow.is_open
+            assert manager.get_connection(slow.channel_name) is not None
+            stats = manager.get_stats()
+            assert stats["slow_consumer_closes"] == 0
+            assert stats["messages_dropped"] > 0
+            assert slow.messages_dropped == stats["messages_dropped"]  # only the slow one lost any
+            assert peak <= QUEUE_BYTES and slow.buffered_bytes <= QUEUE_BYTES
+        finally:
+            silent.close()
+
+
+SHUTDOWN_BOUND = 3.0  # seconds for the whole graceful shutdown, with WS_CLOSE_TIMEOUT=0.5
+
+
+# Fast path only: uvicorn's own protocols wait, with no deadline, for a transport that cannot
+# flush, and the library owns no transport there (README: use uvicorn's
+# --timeout-graceful-shutdown).
+@pytest.mark.parametrize("ws", [FAST], ids=["fastpath"])
+async def test_graceful_shutdown_is_not_held_up_by_a_client_that_never_reads(
+    start_server: StartServer, ws: str
+) -> None:
+    running = start_server(
+        ws=ws,
+        WS_OUTBOUND_QUEUE_BYTES=QUEUE_BYTES,
+        WS_SLOW_CONSUMER_POLICY="drop_oldest",
+        WS_CLOSE_TIMEOUT=0.5,
+    )
+    server, manager = await running.__aenter__()
+    silent: SilentSocket | None = None
+    try:
+        healthy, silent, slow = await open_room(manager, server, readers=1)
+        # Enough to fill the silent client's kernel buffers and its transport's: it stays
+        # connected (drop_oldest), with bytes the server cannot get rid of.
+        received, _ = await flood_group(manager, healthy, count=2500)
+        assert received == [2500] and slow.is_open
+        assert slow.messages_dropped > 0  # its kernel and transport buffers really are full
+        closing = asyncio.ensure_future(healthy[0].wait_closed(timeout=SHUTDOWN_BOUND + 1))
+    except BaseException:
+        if silent is not None:
+            silent.close()
+        await running.__aexit__(None, None, None)
+        raise
+
+    # Leave the serve() block, as SIGTERM would: uvicorn shuts down, then the lifespan runs.
+    leaving = asyncio.ensure_future(running.__aexit__(None, None, None))
+    done, _ = await asyncio.wait({leaving}, timeout=SHUTDOWN_BOUND)
+    if not done:  # what a second Ctrl+C does; then fail
+        server.server.force_exit = True
+        silent.close()
+        await leaving
+        await server.server.lifespan.shutdown()  # force_exit skipped it: stop the manager's tasks
+        raise AssertionError(
+            f"the server was still shutting down after {SHUTDOWN_BOUND}s: uvicorn waits for the "
+            "never-reading client's connection to close, and nothing aborts it"
+        )
+    silent.close()
+    await leaving
+    assert (await closing)[0] == 1001  # the healthy client was told why
+    assert len(manager.registry) == 0
