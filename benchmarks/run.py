@@ -8,6 +8,10 @@ Workloads:
     fanout   W1: clients in one group on one server; the publisher on the same server
     cross    W3: two server processes on one Redis, clients split evenly, publishing on one
 
+Peers (python-socketio, Django Channels, broadcaster; `pip install .[bench]`) run in the
+same invocation, on the same uvicorn and WebSocket implementation; a peer whose packages are
+not importable is skipped with a note, unless --require-peers is given.
+
 Servers are pinned to core 0 and the load generator to core 1 when the machine has two or
 more. Each row gives medians over the rounds and the spread; ratios compare medians with
 the bare baseline of the same workload run in the same invocation.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -40,16 +45,70 @@ WS_NAMES = {"websockets-sansio": "sansio", "websockets": "legacy", FAST: "fastpa
 @dataclass(frozen=True)
 class Case:
     workload: str
-    system: str  # an app of benchmarks.systems
+    system: str  # an app of benchmarks.systems, or a peer's name
     ws: str
     servers: int
     backend: str = "memory"
     baseline: bool = False
+    app: str = ""  # module:attribute for uvicorn; default benchmarks.systems:<system>
+    protocol: str = "plain"  # the load generator's --protocol
+    requires: tuple[str, ...] = ()  # importable modules a peer needs (empty: not a peer)
+
+    @property
+    def peer(self) -> bool:
+        return bool(self.requires)
+
+    @property
+    def target(self) -> str:
+        return self.app or f"benchmarks.systems:{self.system}"
+
+    @property
+    def path(self) -> str:
+        return "/socket.io/?EIO=4&transport=websocket" if self.protocol == "socketio" else "/ws"
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
 
     @property
     def label(self) -> str:
-        backend = f"/{self.backend}" if self.system == "channels" else ""
+        backend = f"/{self.backend}" if self.system == "channels" or self.peer else ""
         return f"{self.system}{backend} [{WS_NAMES.get(self.ws, self.ws)}]"
+
+
+def peers(workload: str, servers: int, backend: str) -> list[Case]:
+    """The peers for one workload, under uvicorn's sans-I/O WebSocket implementation."""
+    redis = ("redis",) if backend == "redis" else ()
+    return [
+        Case(
+            workload,
+            "python-socketio",
+            "websockets-sansio",
+            servers,
+            backend,
+            app="benchmarks.peers.socketio_app:app",
+            protocol="socketio",
+            requires=("socketio", "engineio", *redis),
+        ),
+        Case(
+            workload,
+            "django-channels",
+            "websockets-sansio",
+            servers,
+            backend,
+            app="benchmarks.peers.django_app:app",
+            requires=("django", "channels", *(("channels_redis",) if redis else ())),
+        ),
+        Case(
+            workload,
+            "broadcaster",
+            "websockets-sansio",
+            servers,
+            backend,
+            app="benchmarks.peers.broadcaster_app:app",
+            requires=("broadcaster", *redis),
+        ),
+    ]
 
 
 CASES = {
@@ -59,11 +118,13 @@ CASES = {
         Case("fanout", "channels", FAST, 1),
         Case("fanout", "bare", "websockets", 1),
         Case("fanout", "channels", "websockets", 1),
+        *peers("fanout", 1, "memory"),
     ],
     "cross": [
         Case("cross", "bare_redis", "websockets-sansio", 2, baseline=True),
         Case("cross", "channels", "websockets-sansio", 2, backend="redis"),
         Case("cross", "channels", FAST, 2, backend="redis"),
+        *peers("cross", 2, "redis"),
     ],
 }
 
@@ -147,7 +208,7 @@ def servers(case: Case, redis_url: str | None) -> Iterator[list[tuple[int, subpr
                     sys.executable,
                     "-m",
                     "uvicorn",
-                    f"benchmarks.systems:{case.system}",
+                    case.target,
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -192,8 +253,13 @@ def run_case(case: Case, args: argparse.Namespace, redis_url: str | None) -> dic
             str(args.size),
         ]
         for port, process in running:
-            command += ["--url", f"ws://127.0.0.1:{port}/ws", "--pid", str(process.pid)]
-        command += ["--publish-url", f"ws://127.0.0.1:{running[0][0]}/ws"]
+            command += ["--url", f"ws://127.0.0.1:{port}{case.path}", "--pid", str(process.pid)]
+        command += [
+            "--publish-url",
+            f"ws://127.0.0.1:{running[0][0]}{case.path}",
+            "--protocol",
+            case.protocol,
+        ]
         if (os.cpu_count() or 1) >= 2:
             command += ["--cpu", "1"]
         output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
@@ -205,7 +271,19 @@ def run_case(case: Case, args: argparse.Namespace, redis_url: str | None) -> dic
 def run(args: argparse.Namespace) -> Results:
     results = Results()
     for workload in args.workload:
-        cases = [case for case in CASES[workload] if args.all_ws or case.ws != "websockets"]
+        cases = []
+        for case in CASES[workload]:
+            if case.ws == "websockets" and not args.all_ws:
+                continue
+            if case.peer and not args.peers:
+                continue
+            if case.missing:
+                note = f"{case.label} ({workload}) needs {', '.join(case.missing)}: pip install .[bench]"
+                if args.require_peers:
+                    raise SystemExit(f"error: {note}")
+                print(f"  skipped {note}", file=sys.stderr)
+                continue
+            cases.append(case)
         needs_redis = any(case.servers > 1 for case in cases)
         with redis_server() if needs_redis else contextlib.nullcontext() as redis_url:  # type: ignore[attr-defined]
             for round_ in range(args.rounds):
@@ -214,7 +292,7 @@ def run(args: argparse.Namespace) -> Results:
                     results.add(case, result)
                     rate = result["deliveries_per_s"]
                     print(
-                        f"  round {round_ + 1} {case.workload:6} {case.label:34} {rate:>9,}/s",
+                        f"  round {round_ + 1} {case.workload:6} {case.label:36} {rate:>9,}/s",
                         file=sys.stderr,
                     )
     return results
@@ -288,6 +366,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--all-ws", action="store_true", help="also uvicorn's legacy websockets implementation"
+    )
+    parser.add_argument(
+        "--require-peers",
+        action="store_true",
+        help="fail, instead of skipping, when a peer's packages are not importable",
+    )
+    parser.add_argument(
+        "--no-peers", dest="peers", action="store_false", help="only the systems of systems.py"
     )
     parser.add_argument("--quick", action="store_true", help="300 clients x 100 messages, 2 rounds")
     parser.add_argument("--json", type=Path, help="write the summary and raw runs here")

@@ -1,0 +1,69 @@
+"""Django Channels 4 as an ASGI app, serving the benchmark protocol at /ws.
+
+Settings are configured in code. One server uses InMemoryChannelLayer (W1); across servers
+channels_redis's RedisChannelLayer (W3). An AsyncWebsocketConsumer does `group_add` on
+`join` and `group_send` on `P<payload>`, and sends the text verbatim.
+
+Both layers drop messages for a channel whose queue holds `capacity` of them (default 100);
+a burst of hundreds of messages would overflow it, so capacity is raised to 10,000 here, as
+a user expecting bursts would.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import django
+from django.conf import settings
+
+GROUP = "bench"
+CAPACITY = 10_000
+
+if not settings.configured:
+    if os.environ.get("BACKEND_TYPE") == "redis":
+        layer: dict[str, Any] = {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [os.environ["REDIS_URL"]],
+                "prefix": os.environ.get("REDIS_CHANNEL_PREFIX", "asgi:"),
+                "capacity": CAPACITY,
+            },
+        }
+    else:
+        layer = {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": CAPACITY}}
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="benchmark-only",
+        ALLOWED_HOSTS=["*"],
+        INSTALLED_APPS=["channels"],
+        CHANNEL_LAYERS={"default": layer},
+        USE_TZ=True,
+    )
+    django.setup()
+
+from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+
+class BenchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    joined = False
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data == "join":
+            await self.channel_layer.group_add(GROUP, self.channel_name)
+            self.joined = True
+            await self.send(text_data="joined")
+        elif text_data and text_data.startswith("P"):
+            await self.channel_layer.group_send(GROUP, {"type": "bench.message", "text": text_data[1:]})
+
+    async def bench_message(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])
+
+    async def disconnect(self, code: int) -> None:
+        if self.joined:
+            await self.channel_layer.group_discard(GROUP, self.channel_name)
+
+
+app = ProtocolTypeRouter({"websocket": URLRouter([path("ws", BenchConsumer.as_asgi())])})
