@@ -1,35 +1,44 @@
-"""The load generator: one process, its own core; connects clients, publishes, measures.
+"""The load generator: one of N processes, each with its share of the clients.
 
-Prints one JSON object: deliveries, lost, elapsed, deliveries/s, latency percentiles (ms,
-from the send timestamp each message carries) and this process's CPU time, so a run shows
-whether the generator itself was the bottleneck. Server CPU seconds over the publish phase
-are read from /proc for the pids given.
+Driven by run.py over stdin/stdout so several generator processes act as one:
 
-`--protocol plain` (the default) speaks the benchmark protocol of systems.py: `join` ->
-`joined`, `P<payload>` -> `<payload>`. `--protocol socketio` speaks the same through the
-Engine.IO 4 / Socket.IO 5 text framing over a plain WebSocket (no socket.io client library,
-so the generator stays as cheap): open packet `0{...}`, `40` -> `40{"sid":...}`, then events
-`42["join"]` -> `42["joined"]`, `42["publish","<payload>"]` -> `42["message","<payload>"]`
-to every member, and every server ping `2` answered with `3`.
+1. connect and join this process's share of the members, print `{"event": "ready", ...}`;
+2. wait for the line `go` on stdin (run.py reads the servers' CPU and Redis's counters);
+3. publish (`fanout`: generator 0 sends every message to the group; `rooms`: every member
+   sends to its room of two; `idle`: nothing), count deliveries until all arrived or none
+   arrived for `--idle` seconds, print `{"event": "done", ...}` with the counts, this
+   process's CPU seconds over the phase and its monotonic timestamps (CLOCK_MONOTONIC is
+   one clock for every process on the machine, so run.py can merge them).
+
+Latencies come from the send time (`time.monotonic()`, 20 characters) each message
+carries; they are written to `--latency-file` as raw doubles for run.py to merge.
+
+`--protocol plain` speaks the protocol of systems.py: `join` / `join <room>` -> `joined`,
+`P<payload>` -> `<payload>` to the group, `R<room> <payload>` -> `<payload>` to the room.
+`--protocol socketio` speaks the same through Engine.IO 4 / Socket.IO 5 text packets over
+the same raw client: open packet `0{...}`, `40` -> `40{"sid":...}`, `42["join"(,room)]`
+-> `42["joined"]`, `42["publish",payload(,room)]` -> `42["message",payload]`, and every
+Engine.IO ping `2` answered with `3`.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import json
 import os
 import resource
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from websockets.asyncio.client import ClientConnection, connect
+from benchmarks.wire import WireClient, connect
 
-STAMP = 20  # the payload starts with the send time, "%020.6f" of time.monotonic()
-
-
-def process_cpu(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+STAMP = 20  # a payload starts with its send time, "%020.6f" of time.monotonic()
+SIO_MESSAGE = b'42["message","'  # a Socket.IO delivery: this + payload + '"]'
+BATCH = 100  # clients connecting at once: the server is not under a SYN flood test
 
 
 def own_cpu() -> float:
@@ -37,161 +46,176 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-SIO_MESSAGE = '42["message","'  # a member's delivery: SIO_MESSAGE + payload + '"]'
+@dataclass
+class Tally:
+    """What this process received during the measurement."""
+
+    expected: int
+    received: int = 0
+    last_receipt: float = 0.0
+    latencies: array.array[float] = field(default_factory=lambda: array.array("d"))
 
 
-async def sio_recv_event(ws: ClientConnection) -> str:
-    """The next Socket.IO event packet (`42...`), answering Engine.IO pings on the way."""
-    while True:
-        text = await ws.recv()
-        assert isinstance(text, str), text
-        if text.startswith("42"):
-            return text
-        if text == "2":
-            await ws.send("3")
+class Dialect:
+    """How one protocol says join, publish and deliver."""
+
+    def __init__(self, protocol: str) -> None:
+        self.socketio = protocol == "socketio"
+
+    def join(self, room: str | None) -> str:
+        if self.socketio:
+            return "42" + json.dumps(["join", room] if room else ["join"], separators=(",", ":"))
+        return f"join {room}" if room else "join"
+
+    def publish(self, payload: str, room: str | None) -> str:
+        if self.socketio:  # digits and "x" need no JSON escaping
+            return f'42["publish","{payload}","{room}"]' if room else f'42["publish","{payload}"]'
+        return f"R{room} {payload}" if room else f"P{payload}"
+
+    def joined(self, reply: bytes) -> bool:
+        return reply == (b'42["joined"]' if self.socketio else b"joined")
+
+    def counter(self, client: WireClient, tally: Tally) -> Callable[[bytes], None]:
+        """The measurement-phase callback for one client: count and time each delivery."""
+        append = tally.latencies.append
+        clock = time.monotonic
+
+        if self.socketio:
+            start = len(SIO_MESSAGE)
+
+            def on_socketio(payload: bytes) -> None:
+                if payload.startswith(SIO_MESSAGE):
+                    now = clock()
+                    append(now - float(payload[start : start + STAMP]))
+                    tally.received += 1
+                    tally.last_receipt = now
+                elif payload == b"2":
+                    client.send_text("3")
+
+            return on_socketio
+
+        def on_plain(payload: bytes) -> None:
+            now = clock()
+            append(now - float(payload[:STAMP]))
+            tally.received += 1
+            tally.last_receipt = now
+
+        return on_plain
+
+    async def open(self, url: str, room: str | None, join: bool = True) -> WireClient:
+        client = await connect(url)
+        if self.socketio:
+            opening = await client.expect()
+            assert opening.startswith(b"0{"), opening
+            client.send_text("40")
+            while (reply := await client.expect()) == b"2":
+                client.send_text("3")
+            assert reply.startswith(b"40"), reply
+        if join:
+            client.send_text(self.join(room))
+            while (reply := await client.expect()) == b"2":
+                client.send_text("3")
+            assert self.joined(reply), reply
+        return client
 
 
-async def sio_handshake(ws: ClientConnection) -> None:
-    opening = await asyncio.wait_for(ws.recv(), 30)
-    assert isinstance(opening, str) and opening.startswith("0{"), opening
-    await ws.send("40")  # connect to the default namespace
-    while True:
-        reply = await asyncio.wait_for(ws.recv(), 30)
-        if reply == "2":
-            await ws.send("3")
-            continue
-        assert isinstance(reply, str) and reply.startswith("40"), reply
-        return
+def room_of(index: int) -> str:
+    return f"r{index // 2}"
 
 
-async def open_member(url: str, protocol: str = "plain") -> ClientConnection:
-    ws = await connect(url, compression=None, max_size=None, max_queue=None, open_timeout=30)
-    if protocol == "socketio":
-        await sio_handshake(ws)
-        await ws.send('42["join"]')
-        reply = await asyncio.wait_for(sio_recv_event(ws), 30)
-        assert reply == '42["joined"]', reply
-        return ws
-    await ws.send("join")
-    reply = await asyncio.wait_for(ws.recv(), 30)
-    assert reply == "joined", reply
-    return ws
-
-
-async def open_publisher(url: str, protocol: str) -> tuple[ClientConnection, asyncio.Task[None] | None]:
-    ws = await connect(url, compression=None, open_timeout=30)
-    if protocol != "socketio":
-        return ws, None
-    await sio_handshake(ws)
-
-    async def answer_pings() -> None:  # the publisher is in no room: pings are all it gets
-        while True:
-            await sio_recv_event(ws)
-
-    return ws, asyncio.create_task(answer_pings())
-
-
-async def run(args: argparse.Namespace) -> dict[str, object]:
+async def run(args: argparse.Namespace) -> None:
+    dialect = Dialect(args.protocol)
     urls: list[str] = args.url
-    members: list[ClientConnection] = []
-    for start in range(0, args.clients, 100):  # connect in batches: the server is not a SYN-flood test
-        batch = [urls[i % len(urls)] for i in range(start, min(start + 100, args.clients))]
-        members.extend(await asyncio.gather(*(open_member(url, args.protocol) for url in batch)))
-    publisher, pinger = await open_publisher(args.publish_url or urls[0], args.protocol)
-
-    latencies: list[float] = []
-    received = 0
-    last_receipt = time.monotonic()
-    expected = args.clients * args.messages
-
-    async def read(ws: ClientConnection) -> None:
-        nonlocal received, last_receipt
-        for _ in range(args.messages):
-            text = await ws.recv()
-            now = time.monotonic()
-            latencies.append(now - float(text[:STAMP]))
-            received += 1
-            last_receipt = now
-
-    async def read_socketio(ws: ClientConnection) -> None:
-        nonlocal received, last_receipt
-        start = len(SIO_MESSAGE)
-        for _ in range(args.messages):
-            while True:
-                text = await ws.recv()
-                if text.startswith(SIO_MESSAGE):  # type: ignore[union-attr]
-                    break
-                if text == "2":
-                    await ws.send("3")
-            now = time.monotonic()
-            latencies.append(now - float(text[start : start + STAMP]))
-            received += 1
-            last_receipt = now
-
-    reader = read_socketio if args.protocol == "socketio" else read
-    readers = [asyncio.create_task(reader(ws)) for ws in members]
-    pad = "x" * max(0, args.size - STAMP)
-    # Socket.IO: the payload is a JSON string; digits and "x" need no escaping.
-    frame = '42["publish","{}"]' if args.protocol == "socketio" else "P{}"
-    server_cpu_before = {pid: process_cpu(pid) for pid in args.pid}
-    cpu_before, started = own_cpu(), time.monotonic()
-    for index in range(args.messages):
-        await publisher.send(frame.format(f"{time.monotonic():020.6f}{pad}"))
-        if index % 10 == 9:
-            await asyncio.sleep(0)
-    # Done when everything arrived, or nothing arrived for `idle` seconds (the rest is lost).
-    while received < expected and time.monotonic() - last_receipt < args.idle:
-        await asyncio.sleep(0.05)
-    elapsed = max(last_receipt - started, 1e-9)
-    cpu_used = own_cpu() - cpu_before
-    server_cpu = sum(process_cpu(pid) - before for pid, before in server_cpu_before.items())
-    tasks = readers + ([pinger] if pinger else [])
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.gather(publisher.close(), *(ws.close() for ws in members), return_exceptions=True)
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return (
-            round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2) if latencies else 0.0
+    mine = range(args.index, args.clients, args.of)  # global member indexes of this process
+    connect_started = time.monotonic()
+    members: list[WireClient] = []
+    indexes = list(mine)
+    for start in range(0, len(indexes), BATCH):
+        batch = indexes[start : start + BATCH]
+        members.extend(
+            await asyncio.gather(
+                *(
+                    dialect.open(urls[i % len(urls)], room_of(i) if args.mode == "rooms" else None)
+                    for i in batch
+                )
+            )
         )
+    connect_s = time.monotonic() - connect_started
+    publisher = None
+    if args.mode == "fanout" and args.index == 0:
+        publisher = await dialect.open(args.publish_url or urls[0], None, join=False)
+    if args.mode == "rooms":
+        expected = len(members) * args.messages * 2  # each room of two gets both members' messages
+    elif args.mode == "fanout":
+        expected = len(members) * args.messages
+    else:
+        expected = 0
+    tally = Tally(expected)
+    for client in members:
+        client.on_message = dialect.counter(client, tally)
+    if publisher is not None:
+        publisher.on_message = dialect.counter(publisher, Tally(0))  # answers pings; gets nothing else
+    emit(event="ready", clients=len(members), connect_s=round(connect_s, 4))
 
-    return {
-        "deliveries": received,
-        "lost": expected - received,
-        "elapsed_s": round(elapsed, 4),
-        "deliveries_per_s": round(received / elapsed),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": pct(1.0),
-        "loadgen_cpu_share": round(cpu_used / elapsed, 3),
-        "server_cpu_s_per_100k": round(server_cpu / max(received, 1) * 100_000, 3),
-    }
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "go"
+    cpu_before, started = own_cpu(), time.monotonic()
+    pad = "x" * max(0, args.size - STAMP)
+    if publisher is not None:
+        for index in range(args.messages):
+            publisher.send_text(dialect.publish(f"{time.monotonic():020.6f}{pad}", None))
+            if index % 10 == 9:
+                await asyncio.sleep(0)
+    elif args.mode == "rooms":
+        rooms = [room_of(i) for i in indexes]
+        for _ in range(args.messages):
+            for client, room in zip(members, rooms, strict=True):
+                client.send_text(dialect.publish(f"{time.monotonic():020.6f}{pad}", room))
+            await asyncio.sleep(0)
+    tally.last_receipt = time.monotonic()
+    # Done when everything arrived, or nothing arrived for `idle` seconds (the rest is lost).
+    while tally.received < expected and time.monotonic() - tally.last_receipt < args.idle:
+        await asyncio.sleep(0.02)
+    cpu_used = own_cpu() - cpu_before
+    if args.latency_file:
+        with open(args.latency_file, "wb") as out:
+            tally.latencies.tofile(out)
+    emit(
+        event="done",
+        received=tally.received,
+        expected=expected,
+        started=started if (publisher is not None or args.mode == "rooms") else None,
+        last_receipt=tally.last_receipt,
+        cpu_s=round(cpu_used, 4),
+    )
+    await asyncio.gather(*(client.close() for client in (*members, *([publisher] if publisher else []))))
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--url", action="append", required=True, help="member URL(s); clients are split evenly"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--url", action="append", required=True, help="member URL(s); members alternate")
     parser.add_argument("--publish-url")
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--mode", choices=("fanout", "rooms", "idle"), default="fanout")
+    parser.add_argument("--clients", type=int, default=1000, help="members over all generator processes")
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--idle", type=float, default=3.0)
-    parser.add_argument("--pid", type=int, action="append", default=[])
-    parser.add_argument(
-        "--protocol",
-        choices=("plain", "socketio"),
-        default="plain",
-        help="plain: the protocol of systems.py; socketio: the same in Engine.IO 4 / Socket.IO 5 framing",
-    )
+    parser.add_argument("--index", type=int, default=0, help="this generator's index")
+    parser.add_argument("--of", type=int, default=1, help="how many generator processes share the clients")
+    parser.add_argument("--protocol", choices=("plain", "socketio"), default="plain")
+    parser.add_argument("--latency-file")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
     args = parser.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    print(json.dumps(asyncio.run(run(args))))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # W4 holds thousands of sockets
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

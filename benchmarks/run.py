@@ -1,32 +1,38 @@
 """Run the benchmarks: every system of a workload, interleaved, for several rounds.
 
-    python -m benchmarks.run                 # full: 1,000 clients x 500 messages, 3 rounds
-    python -m benchmarks.run --quick         # about a minute
-    python -m benchmarks.run --workload fanout --clients 500 --messages 200 --json out.json
+    python -m benchmarks.run                  # full: W1-W5 at the sizes below, 3 rounds
+    python -m benchmarks.run --quick          # every workload at a small size, about a minute
+    python -m benchmarks.run --workload fanout,cross --clients 500 --messages 200 --json out.json
 
-Workloads:
-    fanout   W1: clients in one group on one server; the publisher on the same server
-    cross    W3: two server processes on one Redis, clients split evenly, publishing on one
+Workloads (sizes are flags; the defaults are the full sizes):
+    fanout    W1: --clients members of one group on one server, --messages from one publisher
+    rooms     W2: --clients members in rooms of two on one server, each sending --messages
+    cross     W3: two server processes on one Redis, members split evenly, publishing on one
+    capacity  W4: --idle-clients idle members on one server: connect rate, RSS per connection
+    large     W5: one group of --large-clients members over two servers on one Redis:
+              deliveries/s and Redis commands per group send (INFO commandstats)
 
 Peers (python-socketio, Django Channels, broadcaster; `pip install .[bench]`) run in the
-same invocation, on the same uvicorn and WebSocket implementation; a peer whose packages are
-not importable is skipped with a note, unless --require-peers is given.
+same invocation, on the same uvicorn and WebSocket implementation; a peer whose packages
+are not importable is skipped with a note, unless --require-peers is given. granian rows
+appear when granian is installed.
 
-Servers are pinned to core 0 and the load generator to core 1 when the machine has two or
-more. Each row gives medians over the rounds and the spread; ratios compare medians with
-the bare baseline of the same workload run in the same invocation.
+Servers (and Redis) are pinned to core 0 and the load generators to the other cores when
+the machine has two or more. Each row gives medians over the rounds and the spread; ratios
+compare medians with the bare baseline of the same workload run in the same invocation.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,26 +43,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import report
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = "fastapi_channels.fastpath:FastWebSocketProtocol"
-WS_NAMES = {"websockets-sansio": "sansio", "websockets": "legacy", FAST: "fastpath"}
+SANSIO = "websockets-sansio"
+WS_NAMES = {SANSIO: "sansio", "websockets": "legacy", FAST: "fastpath", "granian": "granian"}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    mode: str  # the load generator's --mode: fanout | rooms | idle
+    servers: int
+    backend: str  # what `channels` and the peers use: memory | redis
+
+
+WORKLOADS = {
+    "fanout": Workload("fanout", "W1 fan-out: one group, one server", "fanout", 1, "memory"),
+    "rooms": Workload("rooms", "W2 chat rooms: rooms of two, everyone sending", "rooms", 1, "memory"),
+    "cross": Workload("cross", "W3 cross-server: two servers on one Redis", "fanout", 2, "redis"),
+    "capacity": Workload("capacity", "W4 capacity: idle connections", "idle", 1, "memory"),
+    "large": Workload("large", "W5 large group: two servers on one Redis", "fanout", 2, "redis"),
+}
 
 
 @dataclass(frozen=True)
 class Case:
     workload: str
     system: str  # an app of benchmarks.systems, or a peer's name
-    ws: str
-    servers: int
-    backend: str = "memory"
+    ws: str  # uvicorn's --ws, or "granian"
     baseline: bool = False
-    app: str = ""  # module:attribute for uvicorn; default benchmarks.systems:<system>
+    app: str = ""  # module:attribute; default benchmarks.systems:<system>
     protocol: str = "plain"  # the load generator's --protocol
-    requires: tuple[str, ...] = ()  # importable modules a peer needs (empty: not a peer)
+    requires: tuple[str, ...] = ()  # importable modules the case needs
+
+    @property
+    def spec(self) -> Workload:
+        return WORKLOADS[self.workload]
 
     @property
     def peer(self) -> bool:
-        return bool(self.requires)
+        return self.protocol == "socketio" or self.app.startswith("benchmarks.peers.")
 
     @property
     def target(self) -> str:
@@ -72,20 +101,18 @@ class Case:
 
     @property
     def label(self) -> str:
-        backend = f"/{self.backend}" if self.system == "channels" or self.peer else ""
+        backend = f"/{self.spec.backend}" if self.system == "channels" or self.peer else ""
         return f"{self.system}{backend} [{WS_NAMES.get(self.ws, self.ws)}]"
 
 
-def peers(workload: str, servers: int, backend: str) -> list[Case]:
+def peers(workload: str) -> list[Case]:
     """The peers for one workload, under uvicorn's sans-I/O WebSocket implementation."""
-    redis = ("redis",) if backend == "redis" else ()
+    redis = ("redis",) if WORKLOADS[workload].backend == "redis" else ()
     return [
         Case(
             workload,
             "python-socketio",
-            "websockets-sansio",
-            servers,
-            backend,
+            SANSIO,
             app="benchmarks.peers.socketio_app:app",
             protocol="socketio",
             requires=("socketio", "engineio", *redis),
@@ -93,50 +120,64 @@ def peers(workload: str, servers: int, backend: str) -> list[Case]:
         Case(
             workload,
             "django-channels",
-            "websockets-sansio",
-            servers,
-            backend,
+            SANSIO,
             app="benchmarks.peers.django_app:app",
             requires=("django", "channels", *(("channels_redis",) if redis else ())),
         ),
         Case(
             workload,
             "broadcaster",
-            "websockets-sansio",
-            servers,
-            backend,
+            SANSIO,
             app="benchmarks.peers.broadcaster_app:app",
             requires=("broadcaster", *redis),
         ),
     ]
 
 
+def ours(workload: str, bare: str) -> list[Case]:
+    """The baseline and fastapi-channels under uvicorn's sans-I/O and the fast path."""
+    return [
+        Case(workload, bare, SANSIO, baseline=True),
+        Case(workload, "channels", SANSIO),
+        Case(workload, "channels", FAST),
+    ]
+
+
+def granian(workload: str, bare: str) -> list[Case]:
+    return [
+        Case(workload, bare, "granian", requires=("granian",)),
+        Case(workload, "channels", "granian", requires=("granian",)),
+    ]
+
+
+def legacy(workload: str, bare: str) -> list[Case]:
+    return [Case(workload, bare, "websockets"), Case(workload, "channels", "websockets")]
+
+
 CASES = {
     "fanout": [
-        Case("fanout", "bare", "websockets-sansio", 1, baseline=True),
-        Case("fanout", "channels", "websockets-sansio", 1),
-        Case("fanout", "channels", FAST, 1),
-        Case("fanout", "bare", "websockets", 1),
-        Case("fanout", "channels", "websockets", 1),
-        *peers("fanout", 1, "memory"),
+        *ours("fanout", "bare"),
+        *granian("fanout", "bare"),
+        *legacy("fanout", "bare"),
+        *peers("fanout"),
     ],
-    "cross": [
-        Case("cross", "bare_redis", "websockets-sansio", 2, baseline=True),
-        Case("cross", "channels", "websockets-sansio", 2, backend="redis"),
-        Case("cross", "channels", FAST, 2, backend="redis"),
-        *peers("cross", 2, "redis"),
-    ],
+    "rooms": [*ours("rooms", "bare"), *peers("rooms")],
+    "cross": [*ours("cross", "bare_redis"), *granian("cross", "bare_redis"), *peers("cross")],
+    "capacity": [*ours("capacity", "bare"), *peers("capacity")],
+    "large": [*ours("large", "bare_redis"), *peers("large")],
 }
 
 
 @dataclass
 class Results:
     runs: dict[Case, list[dict[str, Any]]] = field(default_factory=dict)
+    profiles: dict[str, str] = field(default_factory=dict)  # label -> top of the profile
 
     def add(self, case: Case, result: dict[str, Any]) -> None:
         self.runs.setdefault(case, []).append(result)
 
 
+# --- processes -----------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -154,10 +195,61 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) 
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def pinned(core: int) -> Any:
-    if (os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"):
+    if cores() < 2 or not hasattr(os, "sched_setaffinity"):
         return None
     return lambda: os.sched_setaffinity(0, {core})
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (granian serves from a child process)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                pending.extend(int(child) for child in children)
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+def redis_commands(url: str | None) -> dict[str, int]:
+    """Calls per command since Redis started (INFO commandstats), `info` itself left out."""
+    if url is None:
+        return {}
+    from redis import Redis
+
+    with Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in stats.items()
+        if name != "cmdstat_info"
+    }
 
 
 @contextlib.contextmanager
@@ -194,37 +286,67 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def server_command(case: Case, port: int) -> list[str]:
+    if case.ws == "granian":
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--loop",
+            "asyncio",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            case.target,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        case.target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ws",
+        case.ws,
+        "--ws-per-message-deflate",
+        "false",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
 @contextlib.contextmanager
-def servers(case: Case, redis_url: str | None) -> Iterator[list[tuple[int, subprocess.Popen[bytes]]]]:
+def servers(
+    case: Case, redis_url: str | None, log: Path
+) -> Iterator[list[tuple[int, subprocess.Popen[bytes]]]]:
+    """The case's server processes; their output goes to `log` (run.py counts its tracebacks)."""
     started: list[tuple[int, subprocess.Popen[bytes]]] = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_STATS": "false", "BACKEND_TYPE": case.backend}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_STATS": "false", "BACKEND_TYPE": case.spec.backend}
     if redis_url:
         env |= {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": f"b{uuid.uuid4().hex[:6]}:"}
     try:
-        for _ in range(case.servers):
+        for _ in range(case.spec.servers):
             port = free_port()
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    case.target,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--ws",
-                    case.ws,
-                    "--ws-per-message-deflate",
-                    "false",
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                cwd=ROOT,
-                env=env,
-                preexec_fn=pinned(0),
-            )
+            with log.open("ab") as output:
+                process = subprocess.Popen(
+                    server_command(case, port),
+                    cwd=ROOT,
+                    env=env,
+                    preexec_fn=pinned(0),
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
             started.append((port, process))
             wait_port(port, process)
         yield started
@@ -239,118 +361,258 @@ def servers(case: Case, redis_url: str | None) -> Iterator[list[tuple[int, subpr
                 process.wait()
 
 
-def run_case(case: Case, args: argparse.Namespace, redis_url: str | None) -> dict[str, Any]:
-    with servers(case, redis_url) as running:
+# --- one run ---------------------------------------------------------------------------------------
+class Generators:
+    """The load generator processes of one run, driven in lock step over stdin/stdout."""
+
+    def __init__(self, commands: list[list[str]]) -> None:
+        self.processes = [
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for command in commands
+        ]
+
+    def read_all(self, event: str) -> list[dict[str, Any]]:
+        replies = []
+        for process in self.processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line:
+                process.wait(10)
+                stderr = process.stderr.read() if process.stderr else ""
+                raise RuntimeError(f"a load generator exited with {process.returncode}:\n{stderr[-3000:]}")
+            reply = json.loads(line)
+            if reply.get("event") != event:
+                raise RuntimeError(f"expected {event!r} from a load generator, got {reply}")
+            replies.append(reply)
+        return replies
+
+    def go(self) -> None:
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+
+    def close(self) -> None:
+        for process in self.processes:
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+
+
+def loadgen_commands(
+    case: Case, args: argparse.Namespace, ports: list[int], clients: int, messages: int, latency_dir: Path
+) -> list[list[str]]:
+    count = args.loadgens
+    spare = list(range(1, cores()))  # core 0 runs the servers
+    commands = []
+    for index in range(count):
         command = [
             sys.executable,
             "-m",
             "benchmarks.loadgen",
+            "--mode",
+            case.spec.mode,
             "--clients",
-            str(args.clients),
+            str(clients),
             "--messages",
-            str(args.messages),
+            str(messages),
             "--size",
             str(args.size),
-        ]
-        for port, process in running:
-            command += ["--url", f"ws://127.0.0.1:{port}{case.path}", "--pid", str(process.pid)]
-        command += [
-            "--publish-url",
-            f"ws://127.0.0.1:{running[0][0]}{case.path}",
+            "--index",
+            str(index),
+            "--of",
+            str(count),
             "--protocol",
             case.protocol,
+            "--publish-url",
+            f"ws://127.0.0.1:{ports[0]}{case.path}",
+            "--latency-file",
+            str(latency_dir / f"{index}.bin"),
         ]
-        if (os.cpu_count() or 1) >= 2:
-            command += ["--cpu", "1"]
-        output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-        if output.returncode != 0:
-            raise RuntimeError(f"load generator failed for {case.label}:\n{output.stderr[-2000:]}")
-        return dict(json.loads(output.stdout.strip().splitlines()[-1]))
+        for port in ports:
+            command += ["--url", f"ws://127.0.0.1:{port}{case.path}"]
+        if spare and not args.float_loadgens:
+            command += ["--cpu", str(spare[index % len(spare)])]
+        commands.append(command)
+    return commands
+
+
+def sizes(case: Case, args: argparse.Namespace) -> tuple[int, int]:
+    if case.workload == "capacity":
+        return args.idle_clients, 0
+    if case.workload == "large":
+        return args.large_clients, args.large_messages
+    return args.clients, args.messages
+
+
+@dataclass
+class Measured:
+    """What run.py itself reads around one publish phase."""
+
+    ready: list[dict[str, Any]]
+    done: list[dict[str, Any]]
+    server_cpu_s: float
+    rss_before: int
+    rss_connected: int
+    redis_calls: dict[str, int]
+
+
+def measure(
+    case: Case,
+    args: argparse.Namespace,
+    redis_url: str | None,
+    running: list[tuple[int, subprocess.Popen[bytes]]],
+    workdir: Path,
+    profile_to: Path | None,
+) -> Measured:
+    clients, messages = sizes(case, args)
+    server_pids = [pid for _, process in running for pid in process_tree(process.pid)]
+    rss_before = rss_bytes(server_pids)
+    ports = [port for port, _ in running]
+    generators = Generators(loadgen_commands(case, args, ports, clients, messages, workdir))
+    try:
+        ready = generators.read_all("ready")
+        server_pids = [pid for _, process in running for pid in process_tree(process.pid)]
+        rss_connected = rss_bytes(server_pids)
+        commands_before = redis_commands(redis_url)
+        cpu_before = cpu_seconds(server_pids)
+        profiler = start_profiler(process_tree(running[0][1].pid)[-1], profile_to) if profile_to else None
+        generators.go()
+        done = generators.read_all("done")
+        server_cpu = cpu_seconds(server_pids) - cpu_before
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+        commands_after = redis_commands(redis_url)
+    finally:
+        generators.close()
+    calls = {name: commands_after.get(name, 0) - commands_before.get(name, 0) for name in commands_after}
+    return Measured(ready, done, server_cpu, rss_before, rss_connected, calls)
+
+
+def run_case(
+    case: Case, args: argparse.Namespace, redis_url: str | None, profile_to: Path | None = None
+) -> dict[str, Any]:
+    clients, messages = sizes(case, args)
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        log = Path(tmp) / "server.log"
+        with servers(case, redis_url, log) as running:
+            measured = measure(case, args, redis_url, running, Path(tmp), profile_to)
+        latencies = array.array("d")
+        for index in range(len(measured.done)):
+            with contextlib.suppress(FileNotFoundError), open(Path(tmp) / f"{index}.bin", "rb") as source:
+                latencies.frombytes(source.read())
+        # Read once the servers stopped: a traceback at shutdown (a peer's teardown) counts too.
+        tracebacks = log.read_text(errors="replace").count("Traceback (most recent call last)")
+    done = measured.done
+    received = sum(reply["received"] for reply in done)
+    starts = [reply["started"] for reply in done if reply["started"] is not None]
+    elapsed = max(max(reply["last_receipt"] for reply in done) - min(starts), 1e-9) if starts else 0.0
+    connect_s = max(reply["connect_s"] for reply in measured.ready)
+    result: dict[str, Any] = {
+        "deliveries": received,
+        "lost": sum(reply["expected"] for reply in done) - received,
+        "elapsed_s": round(elapsed, 4),
+        "deliveries_per_s": round(received / elapsed) if elapsed else 0,
+        **report.percentiles(sorted(latencies)),
+        "loadgen_cpu_share": round(max(reply["cpu_s"] for reply in done) / elapsed, 3) if elapsed else 0.0,
+        "server_cpu_s_per_100k": round(measured.server_cpu_s / max(received, 1) * 100_000, 3),
+        "connections": clients,
+        "connect_per_s": round(clients / max(connect_s, 1e-9)),
+        "rss_per_connection_kib": round(
+            (measured.rss_connected - measured.rss_before) / max(clients, 1) / 1024, 2
+        ),
+        "server_tracebacks": tracebacks,
+    }
+    if redis_url and messages:
+        result["redis_commands_per_send"] = round(sum(measured.redis_calls.values()) / messages, 2)
+        result["redis_publish_per_send"] = round(measured.redis_calls.get("publish", 0) / messages, 2)
+    return result
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling one server process over the publish phase (idle samples left out)."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    process = subprocess.Popen(
+        [
+            binary,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # py-spy attaches before the first message goes out
+    return process
+
+
+def selected(args: argparse.Namespace, workload: str) -> list[Case]:
+    cases = []
+    for case in CASES[workload]:
+        if case.ws == "websockets" and not args.all_ws:
+            continue
+        if case.peer and not args.peers:
+            continue
+        if args.systems and not any(name in case.label for name in args.systems):
+            continue
+        if case.missing:
+            note = f"{case.label} ({workload}) needs {', '.join(case.missing)}: pip install .[bench]"
+            if args.require_peers and case.peer:
+                raise SystemExit(f"error: {note}")
+            print(f"  skipped {note}", file=sys.stderr)
+            continue
+        cases.append(case)
+    return cases
 
 
 def run(args: argparse.Namespace) -> Results:
     results = Results()
     for workload in args.workload:
-        cases = []
-        for case in CASES[workload]:
-            if case.ws == "websockets" and not args.all_ws:
-                continue
-            if case.peer and not args.peers:
-                continue
-            if case.missing:
-                note = f"{case.label} ({workload}) needs {', '.join(case.missing)}: pip install .[bench]"
-                if args.require_peers:
-                    raise SystemExit(f"error: {note}")
-                print(f"  skipped {note}", file=sys.stderr)
-                continue
-            cases.append(case)
-        needs_redis = any(case.servers > 1 for case in cases)
-        with redis_server() if needs_redis else contextlib.nullcontext() as redis_url:  # type: ignore[attr-defined]
+        cases = selected(args, workload)
+        needs_redis = WORKLOADS[workload].backend == "redis" and bool(cases)
+        broker: contextlib.AbstractContextManager[str | None] = (
+            redis_server() if needs_redis else contextlib.nullcontext()
+        )
+        with broker as redis_url:
             for round_ in range(args.rounds):
-                for case in cases:  # interleaved: every system once per round
+                order = cases if round_ % 2 == 0 else cases[::-1]  # interleaved, the order flipped each round
+                for case in order:
                     result = run_case(case, args, redis_url)
                     results.add(case, result)
-                    rate = result["deliveries_per_s"]
-                    print(
-                        f"  round {round_ + 1} {case.workload:6} {case.label:36} {rate:>9,}/s",
-                        file=sys.stderr,
+                    figure = (
+                        f"{result['rss_per_connection_kib']:>8} KiB/conn"
+                        if workload == "capacity"
+                        else f"{result['deliveries_per_s']:>9,}/s"
                     )
+                    print(f"  round {round_ + 1} {workload:8} {case.label:36} {figure}", file=sys.stderr)
+            if args.profile and workload in ("fanout", "cross"):
+                args.profile.mkdir(parents=True, exist_ok=True)
+                for case in cases:
+                    if case.system == "channels" or case.baseline:
+                        out = args.profile / f"{workload}-{case.system}-{WS_NAMES.get(case.ws, case.ws)}.txt"
+                        run_case(case, args, redis_url, profile_to=out)  # not counted: sampling costs CPU
+                        if out.exists():
+                            results.profiles[f"{case.label} ({workload})"] = report.top_of_profile(
+                                out.read_text()
+                            )
     return results
-
-
-def summarise(results: Results) -> list[dict[str, Any]]:
-    rows = []
-    baselines = {case.workload: runs for case, runs in results.runs.items() if case.baseline}
-    for case, runs in results.runs.items():
-        rates = [r["deliveries_per_s"] for r in runs]
-        base = baselines.get(case.workload)
-        base_rate = statistics.median(r["deliveries_per_s"] for r in base) if base else None
-        base_cpu = statistics.median(r["server_cpu_s_per_100k"] for r in base) if base else None
-        cpu = statistics.median(r["server_cpu_s_per_100k"] for r in runs)
-        rows.append(
-            {
-                "workload": case.workload,
-                "system": case.label,
-                "deliveries_per_s": statistics.median(rates),
-                "min": min(rates),
-                "max": max(rates),
-                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-                "max_ms": max(r["max_ms"] for r in runs),
-                "lost": sum(r["lost"] for r in runs),
-                "server_cpu_s_per_100k": cpu,
-                "loadgen_cpu_share": statistics.median(r["loadgen_cpu_share"] for r in runs),
-                "ratio_to_bare": round(statistics.median(rates) / base_rate, 2) if base_rate else None,
-                "cpu_ratio_to_bare": round(cpu / base_cpu, 2) if base_cpu else None,
-                "rounds": len(runs),
-            }
-        )
-    return rows
-
-
-def render(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| workload | system | deliveries/s (median) | spread | p50 ms | p99 ms | max ms | lost "
-        "| server CPU s/100k | vs bare (rate) | vs bare (CPU) | loadgen CPU |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        cells = [
-            row["workload"],
-            row["system"],
-            f"{row['deliveries_per_s']:,.0f}",
-            f"{row['min']:,} to {row['max']:,}",
-            row["p50_ms"],
-            row["p99_ms"],
-            row["max_ms"],
-            row["lost"],
-            row["server_cpu_s_per_100k"],
-            row["ratio_to_bare"],
-            row["cpu_ratio_to_bare"],
-            f"{row['loadgen_cpu_share']:.0%}",
-        ]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -359,36 +621,63 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workload", default="fanout,cross", type=lambda v: v.split(","))
-    parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--messages", type=int, default=500)
-    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--workload", default=",".join(WORKLOADS), type=lambda v: v.split(","))
+    parser.add_argument("--clients", type=int, default=1000, help="W1, W2, W3 members")
+    parser.add_argument("--messages", type=int, default=500, help="W1, W3 messages; W2: per member")
+    parser.add_argument("--idle-clients", type=int, default=5000, help="W4 connections")
+    parser.add_argument("--large-clients", type=int, default=2000, help="W5 group members")
+    parser.add_argument("--large-messages", type=int, default=200, help="W5 messages")
+    parser.add_argument("--size", type=int, default=100, help="message size in bytes")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--loadgens", type=int, default=1, help="load generator processes sharing the clients"
+    )
+    parser.add_argument(
+        "--float-loadgens",
+        action="store_true",
+        help="do not pin the load generators (on a 2-core machine: let them use the server's core too)",
+    )
+    parser.add_argument(
+        "--systems", type=lambda v: v.split(","), default=[], help="only labels containing one of these"
+    )
     parser.add_argument(
         "--all-ws", action="store_true", help="also uvicorn's legacy websockets implementation"
     )
     parser.add_argument(
-        "--require-peers",
-        action="store_true",
-        help="fail, instead of skipping, when a peer's packages are not importable",
+        "--require-peers", action="store_true", help="fail when a peer's packages are missing"
     )
+    parser.add_argument("--no-peers", dest="peers", action="store_false", help="leave the peers out")
+    parser.add_argument("--peers", dest="peers", action="store_true", help="include the peers in --quick")
     parser.add_argument(
-        "--no-peers", dest="peers", action="store_false", help="only the systems of systems.py"
+        "--quick", action="store_true", help="small sizes, 2 rounds, peers only with --peers: about a minute"
     )
-    parser.add_argument("--quick", action="store_true", help="300 clients x 100 messages, 2 rounds")
     parser.add_argument("--json", type=Path, help="write the summary and raw runs here")
+    parser.add_argument("--charts", type=Path, help="write one PNG chart per workload into this directory")
+    parser.add_argument("--profile", type=Path, help="py-spy the servers of W1 and W3 into this directory")
+    parser.set_defaults(peers=None)
     args = parser.parse_args(argv)
+    if args.peers is None:
+        args.peers = not args.quick
     if args.quick:
-        args.clients, args.messages, args.rounds = 300, 100, 2
-    unknown = set(args.workload) - set(CASES)
+        args.clients, args.messages, args.rounds = 200, 100, 2
+        args.idle_clients, args.large_clients, args.large_messages = 1000, 400, 50
+    unknown = set(args.workload) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
     results = run(args)
-    rows = summarise(results)
-    print(render(rows))
+    rows = report.summarise(results.runs.items())
+    print(report.render(rows, WORKLOADS))
+    for label, top in results.profiles.items():
+        print(f"\nprofile: {label}\n{top}")
+    if args.charts:
+        report.charts(rows, WORKLOADS, args.charts)
     if args.json:
-        raw = {case.label + f" ({case.workload})": runs for case, runs in results.runs.items()}
-        args.json.write_text(json.dumps({"summary": rows, "runs": raw, "argv": sys.argv[1:]}, indent=2))
+        raw = {f"{case.label} ({case.workload})": runs for case, runs in results.runs.items()}
+        args.json.write_text(
+            json.dumps(
+                {"summary": rows, "runs": raw, "profiles": results.profiles, "argv": sys.argv[1:]}, indent=2
+            )
+        )
     return rows
 
 

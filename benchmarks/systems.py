@@ -1,7 +1,8 @@
 """The systems under test, each an ASGI app serving the same tiny protocol at /ws.
 
-A client sends the text `join` and gets `joined` once it is a member of the group `bench`;
-a publisher sends `P<payload>` and every member must receive `<payload>` verbatim.
+A client sends the text `join` and gets `joined` once it is a member of the group `bench`
+(`join <room>`: of that room instead); a publisher sends `P<payload>` and every member of
+`bench` must receive `<payload>` verbatim (`R<room> <payload>`: every member of the room).
 
     bare          Starlette: a list of sockets and `await ws.send_text()` for each (the limit
                   of the ASGI stack on one server)
@@ -21,31 +22,34 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-GROUP = "bench"
-
+from benchmarks.protocol import GROUP, parse
 
 # --- bare: the ASGI send loop --------------------------------------------------------------------
-_members: list[WebSocket] = []
+_groups: dict[str, list[WebSocket]] = {}
 
 
 async def _bare_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
+    joined: list[str] = []
     try:
         while True:
-            text = await websocket.receive_text()
-            if text == "join":
-                _members.append(websocket)
+            action, group, payload = parse(await websocket.receive_text())
+            if action == "join":
+                _groups.setdefault(group, []).append(websocket)
+                joined.append(group)
                 await websocket.send_text("joined")
-            elif text.startswith("P"):
-                payload = text[1:]
-                for member in list(_members):
+            elif action == "publish":
+                for member in list(_groups.get(group, ())):
                     with contextlib.suppress(Exception):
                         await member.send_text(payload)
     except WebSocketDisconnect:
         pass
     finally:
-        if websocket in _members:
-            _members.remove(websocket)
+        for group in joined:
+            members = _groups[group]
+            members.remove(websocket)
+            if not members:
+                del _groups[group]
 
 
 bare = Starlette(routes=[WebSocketRoute("/ws", _bare_endpoint)])
@@ -86,12 +90,15 @@ async def _bare_redis_endpoint(websocket: WebSocket) -> None:
     client = _redis_state["client"]
     try:
         while True:
-            text = await websocket.receive_text()
-            if text == "join":
+            action, group, payload = parse(await websocket.receive_text())
+            if group != GROUP:  # one subscription per process, as the cross-server baseline
+                await websocket.close(1003, "bare_redis serves the group bench only")
+                return
+            if action == "join":
                 _redis_members.append(websocket)
                 await websocket.send_text("joined")
-            elif text.startswith("P"):
-                await client.publish(f"bare:{GROUP}", text[1:])  # type: ignore[attr-defined]
+            elif action == "publish":
+                await client.publish(f"bare:{GROUP}", payload)  # type: ignore[attr-defined]
     except WebSocketDisconnect:
         pass
     finally:
@@ -119,12 +126,12 @@ def _channels_app() -> Starlette:
         name = connection.channel_name
         try:
             while True:
-                text = await websocket.receive_text()
-                if text == "join":
-                    await manager.join_group(name, GROUP)
+                action, group, payload = parse(await websocket.receive_text())
+                if action == "join":
+                    await manager.join_group(name, group)
                     await manager.send_personal(name, "joined")
-                elif text.startswith("P"):
-                    await manager.send_to_group(GROUP, text[1:])
+                elif action == "publish":
+                    await manager.send_to_group(group, payload)
         except WebSocketDisconnect:
             await manager.disconnect(name)
 

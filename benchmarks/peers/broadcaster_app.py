@@ -27,13 +27,13 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-GROUP = "bench"
+from benchmarks.protocol import GROUP, parse
 
 
 def _redis_backend(url: str) -> object:
     from broadcaster._backends.redis import RedisBackend
 
-    class _RedisBackend(RedisBackend):  # type: ignore[misc]
+    class _RedisBackend(RedisBackend):
         async def subscribe(self, channel: str) -> None:
             await self._pubsub.subscribe(channel)
             self._ready.set()
@@ -43,10 +43,11 @@ def _redis_backend(url: str) -> object:
 
 if os.environ.get("BACKEND_TYPE") == "redis":
     broadcast = Broadcast(backend=_redis_backend(os.environ["REDIS_URL"]))  # type: ignore[arg-type]
-    CHANNEL = f"{os.environ.get('REDIS_CHANNEL_PREFIX', '')}{GROUP}"
+    PREFIX = os.environ.get("REDIS_CHANNEL_PREFIX", "")
 else:
     broadcast = Broadcast("memory://")
-    CHANNEL = GROUP
+    PREFIX = ""
+CHANNEL = f"{PREFIX}{GROUP}"
 
 
 @asynccontextmanager
@@ -69,8 +70,8 @@ async def _hold(ready: asyncio.Event) -> None:
             pass
 
 
-async def _forward(websocket: WebSocket, ready: asyncio.Event) -> None:
-    async with broadcast.subscribe(CHANNEL) as subscriber:
+async def _forward(websocket: WebSocket, channel: str, ready: asyncio.Event) -> None:
+    async with broadcast.subscribe(channel) as subscriber:
         ready.set()
         async for event in subscriber:  # type: ignore[union-attr]
             if event is None:
@@ -80,21 +81,23 @@ async def _forward(websocket: WebSocket, ready: asyncio.Event) -> None:
 
 async def _endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
-    forwarder: asyncio.Task[None] | None = None
+    forwarders: dict[str, asyncio.Task[None]] = {}
     try:
         while True:
-            text = await websocket.receive_text()
-            if text == "join" and forwarder is None:
+            action, group, payload = parse(await websocket.receive_text())
+            if action == "join" and group not in forwarders:
                 ready = asyncio.Event()
-                forwarder = asyncio.get_running_loop().create_task(_forward(websocket, ready))
+                forwarders[group] = asyncio.get_running_loop().create_task(
+                    _forward(websocket, f"{PREFIX}{group}", ready)
+                )
                 await ready.wait()
                 await websocket.send_text("joined")
-            elif text.startswith("P"):
-                await broadcast.publish(CHANNEL, text[1:])
+            elif action == "publish":
+                await broadcast.publish(f"{PREFIX}{group}", payload)
     except WebSocketDisconnect:
         pass
     finally:
-        if forwarder is not None:
+        for forwarder in forwarders.values():
             forwarder.cancel()
             with contextlib.suppress(BaseException):
                 await forwarder

@@ -2,7 +2,8 @@
 
 Settings are configured in code. One server uses InMemoryChannelLayer (W1); across servers
 channels_redis's RedisChannelLayer (W3). An AsyncWebsocketConsumer does `group_add` on
-`join` and `group_send` on `P<payload>`, and sends the text verbatim.
+`join` and `group_send` on `P<payload>` (or `R<room> <payload>`), and sends the text
+verbatim.
 
 Both layers drop messages for a channel whose queue holds `capacity` of them (default 100);
 a burst of hundreds of messages would overflow it, so capacity is raised to 10,000 here, as
@@ -17,7 +18,6 @@ from typing import Any
 import django
 from django.conf import settings
 
-GROUP = "bench"
 CAPACITY = 10_000
 
 if not settings.configured:
@@ -46,24 +46,29 @@ from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from benchmarks.protocol import parse  # noqa: E402
+
 
 class BenchConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
-    joined = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.joined: list[str] = []
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data == "join":
-            await self.channel_layer.group_add(GROUP, self.channel_name)
-            self.joined = True
+        action, group, payload = parse(text_data or "")
+        if action == "join":
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.joined.append(group)
             await self.send(text_data="joined")
-        elif text_data and text_data.startswith("P"):
-            await self.channel_layer.group_send(GROUP, {"type": "bench.message", "text": text_data[1:]})
+        elif action == "publish":
+            await self.channel_layer.group_send(group, {"type": "bench.message", "text": payload})
 
     async def bench_message(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["text"])
 
     async def disconnect(self, code: int) -> None:
-        if self.joined:
-            await self.channel_layer.group_discard(GROUP, self.channel_name)
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
 
 app = ProtocolTypeRouter({"websocket": URLRouter([path("ws", BenchConsumer.as_asgi())])})

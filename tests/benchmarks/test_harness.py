@@ -2,52 +2,84 @@
 
 from __future__ import annotations
 
-from benchmarks import run
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report, run
+
+TINY = ["--clients", "6", "--messages", "5", "--idle-clients", "10", "--large-clients", "8"]
+TINY += ["--large-messages", "4", "--rounds", "1"]
 
 
-def test_every_system_of_both_workloads_delivers_everything_at_a_tiny_size() -> None:
-    rows = run.main(["--workload", "fanout,cross", "--clients", "6", "--messages", "5", "--rounds", "1"])
-    systems = {(row["workload"], row["system"]) for row in rows}
-    # Peers (the optional `bench` extra) take part when their packages are importable.
+def test_every_system_of_every_workload_delivers_everything_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    rows = run.main([*TINY, "--loadgens", "2", "--json", str(out), "--charts", str(tmp_path / "charts")])
+    # Peers and granian (the optional `bench` extra) take part when their packages are importable.
     expected = {
         (case.workload, case.label)
-        for name in ("fanout", "cross")
-        for case in run.CASES[name]
-        if not case.missing
+        for cases in run.CASES.values()
+        for case in cases
+        if not case.missing and case.ws != "websockets"
     }
-    expected = {(workload, label) for workload, label in expected if "legacy" not in label}
-    assert systems == expected
+    assert {(row["workload"], row["system"]) for row in rows} == expected
     for row in rows:
         assert row["lost"] == 0, row
-        assert row["deliveries_per_s"] > 0
         assert row["rounds"] == 1
-    assert all(row["ratio_to_bare"] is not None for row in rows)
+        if row["workload"] == "capacity":
+            assert row["connections"] == 10 and row["connect_per_s"] > 0
+            assert "rss_ratio_to_bare" in row  # None when the baseline grew by less than a page
+        else:
+            assert row["deliveries_per_s"] > 0
+            assert row["ratio_to_bare"] is not None
+    for row in rows:  # the Redis workloads read Redis's own counters: one PUBLISH per group send
+        if row["workload"] in ("cross", "large") and row["system"].startswith(("channels", "bare")):
+            assert row["redis_publish_per_send"] == 1.0, row
+    assert sorted(path.name for path in (tmp_path / "charts").iterdir()) == sorted(
+        f"{name}.png" for name in run.WORKLOADS
+    )
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == rows
+    assert report.render(saved["summary"], run.WORKLOADS).count("### ") == len(run.WORKLOADS)
+
+
+def test_the_profile_of_a_run_names_the_hot_functions(tmp_path: Path) -> None:
+    rows = run.main(
+        [*TINY, "--workload", "fanout", "--systems", "channels/memory [fastpath]", "--profile", str(tmp_path)]
+    )
+    assert [row["system"] for row in rows] == ["channels/memory [fastpath]"]
+    assert [path.name for path in tmp_path.iterdir()] == ["fanout-channels-fastpath.txt"]
+
+
+def test_top_of_profile_adds_self_and_total_samples_per_function() -> None:
+    collapsed = "\n".join(
+        [
+            "main (/x/app.py:1);send (/venv/lib/python3.11/site-packages/uvicorn/ws.py:5) 3",
+            "main (/x/app.py:1);send (/venv/lib/python3.11/site-packages/uvicorn/ws.py:9) 1",
+            "main (/x/app.py:2) 4",
+        ]
+    )
+    top = report.top_of_profile(collapsed).splitlines()
+    assert top[0].startswith("8 samples")
+    assert " 50.0%  50.0%  send (uvicorn/ws.py)" in top
+    assert " 50.0% 100.0%  main (/x/app.py)" in top
 
 
 def test_a_peer_whose_package_is_missing_is_skipped_unless_peers_are_required() -> None:
-    import dataclasses
-
-    import pytest
-
-    ghost = dataclasses.replace(run.CASES["fanout"][0], system="ghost", requires=("no_such_module_x",))
+    ghost = dataclasses.replace(
+        run.CASES["fanout"][0],
+        system="ghost",
+        app="benchmarks.peers.ghost:app",
+        requires=("no_such_module_x",),
+    )
     assert ghost.peer and ghost.missing == ["no_such_module_x"]
     original = run.CASES["fanout"]
     run.CASES["fanout"] = [ghost]
     try:
         with pytest.raises(SystemExit, match="no_such_module_x"):
-            run.main(
-                [
-                    "--workload",
-                    "fanout",
-                    "--clients",
-                    "2",
-                    "--messages",
-                    "1",
-                    "--rounds",
-                    "1",
-                    "--require-peers",
-                ]
-            )
-        assert run.main(["--workload", "fanout", "--clients", "2", "--messages", "1", "--rounds", "1"]) == []
+            run.main([*TINY, "--workload", "fanout", "--require-peers"])
+        assert run.main([*TINY, "--workload", "fanout"]) == []
     finally:
         run.CASES["fanout"] = original
