@@ -72,6 +72,8 @@ def summarise(runs: Iterable[tuple[CaseLike, list[dict[str, Any]]]]) -> list[dic
             "lost": sum(run["lost"] for run in case_runs),
             "server_cpu_s_per_100k": median("server_cpu_s_per_100k"),
             "loadgen_cpu_share": median("loadgen_cpu_share"),
+            "other_cpu_share": max(run.get("other_cpu_share", 0.0) for run in case_runs),
+            "server_tracebacks": sum(run.get("server_tracebacks", 0) for run in case_runs),
             "connections": case_runs[0]["connections"],
             "connect_per_s": median("connect_per_s"),
             "rss_per_connection_kib": median("rss_per_connection_kib"),
@@ -144,6 +146,7 @@ def render(rows: Sequence[dict[str, Any]], workloads: Mapping[str, WorkloadLike]
                 "vs bare (rate)",
                 "vs bare (CPU)",
                 "loadgen CPU",
+                "other CPU",
                 *(["Redis cmds/send", "PUBLISH/send"] if redis else []),
             ]
             lines = [
@@ -159,6 +162,7 @@ def render(rows: Sequence[dict[str, Any]], workloads: Mapping[str, WorkloadLike]
                     r["ratio_to_bare"],
                     r["cpu_ratio_to_bare"],
                     f"{r['loadgen_cpu_share']:.0%}",
+                    f"{r['other_cpu_share']:.0%}",
                     *([r.get("redis_commands_per_send"), r.get("redis_publish_per_send")] if redis else []),
                 ]
                 for r in mine

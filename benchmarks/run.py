@@ -218,6 +218,24 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot, over all cores (/proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+
+def wait_for_quiet(limit: float = 0.25, patience: float = 60) -> float:
+    """Wait (up to `patience` s) until other work uses under `limit` of a core; return that share."""
+    deadline = time.monotonic() + patience
+    while True:
+        before, started = machine_busy_seconds(), time.monotonic()
+        time.sleep(0.5)
+        share = (machine_busy_seconds() - before) / (time.monotonic() - started)
+        if share < limit or time.monotonic() > deadline:
+            return round(share, 2)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -461,6 +479,7 @@ class Measured:
     ready: list[dict[str, Any]]
     done: list[dict[str, Any]]
     server_cpu_s: float
+    other_cpu_s: float  # the rest of the machine over the phase: other processes, uncharged kernel work
     rss_before: int
     rss_connected: int
     redis_calls: dict[str, int]
@@ -484,11 +503,12 @@ def measure(
         server_pids = [pid for _, process in running for pid in process_tree(process.pid)]
         rss_connected = rss_bytes(server_pids)
         commands_before = redis_commands(redis_url)
-        cpu_before = cpu_seconds(server_pids)
+        cpu_before, machine_before = cpu_seconds(server_pids), machine_busy_seconds()
         profiler = start_profiler(process_tree(running[0][1].pid)[-1], profile_to) if profile_to else None
         generators.go()
         done = generators.read_all("done")
         server_cpu = cpu_seconds(server_pids) - cpu_before
+        machine = machine_busy_seconds() - machine_before
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
@@ -496,7 +516,9 @@ def measure(
     finally:
         generators.close()
     calls = {name: commands_after.get(name, 0) - commands_before.get(name, 0) for name in commands_after}
-    return Measured(ready, done, server_cpu, rss_before, rss_connected, calls)
+    generators_cpu = sum(reply["cpu_s"] for reply in done)
+    other = max(0.0, machine - server_cpu - generators_cpu)
+    return Measured(ready, done, server_cpu, other, rss_before, rss_connected, calls)
 
 
 def run_case(
@@ -532,6 +554,7 @@ def run_case(
             (measured.rss_connected - measured.rss_before) / max(clients, 1) / 1024, 2
         ),
         "server_tracebacks": tracebacks,
+        "other_cpu_share": round(measured.other_cpu_s / elapsed, 3) if elapsed else 0.0,
     }
     if redis_url and messages:
         result["redis_commands_per_send"] = round(sum(measured.redis_calls.values()) / messages, 2)
@@ -594,7 +617,9 @@ def run(args: argparse.Namespace) -> Results:
             for round_ in range(args.rounds):
                 order = cases if round_ % 2 == 0 else cases[::-1]  # interleaved, the order flipped each round
                 for case in order:
+                    quiet = wait_for_quiet() if args.wait_quiet else None
                     result = run_case(case, args, redis_url)
+                    result["busy_before_start"] = quiet
                     results.add(case, result)
                     figure = (
                         f"{result['rss_per_connection_kib']:>8} KiB/conn"
@@ -650,6 +675,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--peers", dest="peers", action="store_true", help="include the peers in --quick")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, 2 rounds, peers only with --peers: about a minute"
+    )
+    parser.add_argument(
+        "--no-wait-quiet",
+        dest="wait_quiet",
+        action="store_false",
+        help="start each run at once instead of waiting (up to 60 s) for the machine to be idle",
     )
     parser.add_argument("--json", type=Path, help="write the summary and raw runs here")
     parser.add_argument("--charts", type=Path, help="write one PNG chart per workload into this directory")
