@@ -89,6 +89,14 @@ class ServerProcess:
                 self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
+    def rss_mib(self) -> float:
+        """The server process's resident memory (VmRSS from /proc, so Linux only), in MiB."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS line in /proc/<pid>/status")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
