@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import sys
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -67,6 +70,30 @@ def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, Conne
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         return manager.get_stats()
+
+    @app.get("/debug")
+    async def debug() -> dict[str, Any]:
+        """What a leak would make grow: tasks, every index kept per connection, Python's heap.
+
+        Reads private attributes on purpose: the leak tests need them and this app is test-only.
+        """
+        gc.collect()  # count what is alive, not what is waiting for the cycle collector
+        containers = {
+            f"backend.{name}": len(value)
+            for name, value in vars(manager.backend).items()
+            if isinstance(value, dict | set | list)
+        }
+        return {
+            "tasks": len(asyncio.all_tasks()),
+            "registry.connections": len(manager.registry),
+            "registry.users": manager.registry.user_count(),
+            "registry.groups": manager.registry.group_count(),
+            "manager._subscribed": len(manager._subscribed),
+            "manager._fast_channels": len(manager._fast_channels),
+            "manager._hook_tasks": len(manager._hook_tasks),
+            **containers,
+            "allocated_blocks": sys.getallocatedblocks(),
+        }
 
     @app.get("/cluster")
     async def cluster(group: str = "g", user: str = "u") -> dict[str, Any]:
