@@ -19,6 +19,7 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fastapi_channels.config import WSConfig
+    from fastapi_channels.logfilter import logging_config
 
     config = WSConfig()
     uvicorn.run(
@@ -32,6 +33,8 @@ def _run(args: argparse.Namespace) -> int:
         ws_per_message_deflate=args.ws_per_message_deflate,
         access_log=not args.no_access_log,
         log_level=config.LOG_LEVEL.lower(),
+        # A client must not be able to write a traceback into the log per bad frame.
+        log_config=logging_config(),
         factory=args.factory,
         workers=args.workers,
     )

@@ -17,8 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class ServerProcess:
     def __init__(
-        self, env: dict[str, str], *, ws: str = "websockets-sansio", log_path: Path | None = None
+        self,
+        env: dict[str, str],
+        *,
+        ws: str = "websockets-sansio",
+        log_path: Path | None = None,
+        cli: bool = False,
     ) -> None:
+        """`cli`: start it with `fastapi-channels run` (log level: LOG_LEVEL), not uvicorn's CLI."""
+        self.cli = cli
         self.port = free_port()
         self.env = {**os.environ, "LOG_STATS": "false", **env}
         self.ws = ws
@@ -43,23 +50,22 @@ class ServerProcess:
         self._wait_listening()
 
     def _spawn(self, log: object) -> None:
+        options = [
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ws",
+            self.ws,
+            "--no-access-log",
+        ]
+        if self.cli:
+            command = ["fastapi_channels.cli", "run", "tests.app:app_from_env", *options]
+        else:
+            command = ["uvicorn", "tests.app:app_from_env", *options, "--log-level", "warning"]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.app:app_from_env",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--ws",
-                self.ws,
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
+            [sys.executable, "-m", *command],
             cwd=ROOT,
             env=self.env,
             stdout=log,  # type: ignore[arg-type]
