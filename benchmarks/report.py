@@ -203,22 +203,27 @@ def charts(
         ]
         axes.barh([row["system"] for row in mine], values, xerr=errors, color=colours, capsize=3)
         axes.invert_yaxis()
-        axes.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         axes.set_xlabel(
             "server RSS per idle connection, KiB (lower is better)"
             if idle
             else "deliveries/s (higher is better)"
         )
         axes.set_title(f"{workload.title} (median of {mine[0]['rounds']} rounds, bars: spread)")
-        for index, value in enumerate(values):
+        if min(values) > 0 and max(values) / min(values) > 50:
+            axes.set_xscale("log")  # one system 100x another: a linear axis hides the slow ones
+            axes.set_xlabel(f"{axes.get_xlabel()}, log scale")
+        for index, (value, row) in enumerate(zip(values, mine, strict=True)):
             axes.annotate(
                 f"{value:,.1f}" if idle else f"{value:,.0f}",
-                (value, index),
-                xytext=(4, 0),
+                (row[high], index),  # past the spread's bar, not on it
+                xytext=(6, 0),
                 textcoords="offset points",
                 va="center",
                 fontsize=8,
             )
+        if axes.get_xscale() == "linear":
+            axes.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        axes.set_xlim(right=axes.get_xlim()[1] * (3 if axes.get_xscale() == "log" else 1.12))
         figure.tight_layout()
         path = directory / f"{name}.png"
         figure.savefig(path, dpi=100)

@@ -6,7 +6,7 @@
 
 Workloads (sizes are flags; the defaults are the full sizes):
     fanout    W1: --clients members of one group on one server, --messages from one publisher
-    rooms     W2: --clients members in rooms of two on one server, each sending --messages
+    rooms     W2: --clients members in rooms of two on one server, each sending --room-messages
     cross     W3: two server processes on one Redis, members split evenly, publishing on one
     capacity  W4: --idle-clients idle members on one server: connect rate, RSS per connection
     large     W5: one group of --large-clients members over two servers on one Redis:
@@ -455,6 +455,8 @@ def loadgen_commands(
             f"ws://127.0.0.1:{ports[0]}{case.path}",
             "--latency-file",
             str(latency_dir / f"{index}.bin"),
+            "--idle",
+            str(args.idle),
         ]
         for port in ports:
             command += ["--url", f"ws://127.0.0.1:{port}{case.path}"]
@@ -469,6 +471,8 @@ def sizes(case: Case, args: argparse.Namespace) -> tuple[int, int]:
         return args.idle_clients, 0
     if case.workload == "large":
         return args.large_clients, args.large_messages
+    if case.workload == "rooms":
+        return args.clients, args.room_messages
     return args.clients, args.messages
 
 
@@ -648,11 +652,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--workload", default=",".join(WORKLOADS), type=lambda v: v.split(","))
     parser.add_argument("--clients", type=int, default=1000, help="W1, W2, W3 members")
-    parser.add_argument("--messages", type=int, default=500, help="W1, W3 messages; W2: per member")
+    parser.add_argument("--messages", type=int, default=500, help="W1, W3 messages")
+    parser.add_argument("--room-messages", type=int, default=100, help="W2 messages per member")
     parser.add_argument("--idle-clients", type=int, default=5000, help="W4 connections")
     parser.add_argument("--large-clients", type=int, default=2000, help="W5 group members")
     parser.add_argument("--large-messages", type=int, default=200, help="W5 messages")
     parser.add_argument("--size", type=int, default=100, help="message size in bytes")
+    parser.add_argument(
+        "--idle", type=float, default=3.0, help="a run ends after this many seconds without a delivery"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--loadgens", type=int, default=1, help="load generator processes sharing the clients"
@@ -691,7 +699,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.peers = not args.quick
     if args.quick:
         args.clients, args.messages, args.rounds = 200, 100, 2
-        args.idle_clients, args.large_clients, args.large_messages = 1000, 400, 50
+        args.idle_clients, args.large_clients, args.large_messages, args.room_messages = 1000, 400, 50, 20
     unknown = set(args.workload) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")

@@ -11,7 +11,7 @@ import pytest
 from benchmarks import report, run
 
 TINY = ["--clients", "6", "--messages", "5", "--idle-clients", "10", "--large-clients", "8"]
-TINY += ["--large-messages", "4", "--rounds", "1", "--no-wait-quiet"]
+TINY += ["--large-messages", "4", "--room-messages", "3", "--rounds", "1", "--no-wait-quiet"]
 
 
 def test_every_system_of_every_workload_delivers_everything_at_a_tiny_size(tmp_path: Path) -> None:
