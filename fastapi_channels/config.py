@@ -53,6 +53,12 @@ class WSConfig(BaseSettings):
     WS_RECONNECT_MAX_ATTEMPTS: int = Field(default=5, ge=0)
     WS_RECONNECT_DELAY: float = Field(default=5.0, ge=0)
 
+    # Delivery: raise DeliveryError from a send that cannot confirm it reached every server
+    # with members (shortfalls are counted and reported either way)
+    WS_STRICT_DELIVERY: bool = False
+    # How long a join, leave or disconnect of a connection on another server waits for its owner
+    WS_REMOTE_TIMEOUT: float = Field(default=10.0, gt=0)
+
     # Limits
     MAX_CONNECTIONS_PER_CLIENT: int = Field(default=1000, ge=1)
     MAX_TOTAL_CONNECTIONS: int = Field(default=200_000, ge=1)

@@ -104,16 +104,16 @@ class BaseConsumer:
     # --- sending -------------------------------------------------------------------------------
     async def send(self, message: Any) -> bool:
         """Send to this connection (dict, Message, pydantic model, str or bytes); False if closed."""
-        return self.connection.enqueue(self.manager.encode(message))
+        return self.manager.send_local(self.connection, self.manager.encode(message))
 
     async def send_json(self, data: Any) -> bool:
         return await self.send(data)
 
     async def send_text(self, text: str) -> bool:
-        return self.connection.enqueue(text)
+        return self.manager.send_local(self.connection, text)
 
     async def send_bytes(self, data: bytes) -> bool:
-        return self.connection.enqueue(bytes(data))
+        return self.manager.send_local(self.connection, bytes(data))
 
     async def join_group(self, group: str) -> None:
         await self.manager.join_group(self.channel_name, group)

@@ -11,6 +11,7 @@ place (`ErrorResponse`, `BaseError.ws_code`). The tree::
     ├── ConnectionError          connection       1013, retryable (limits, unknown connection)
     ├── MessageError             message          1003
     ├── BackendError             backend          1011, retryable (broker unreachable)
+    │   └── DeliveryError        backend          a send reached fewer servers than had members
     ├── TimeoutError             system           1013, retryable
     └── SystemError              system           1011 (unexpected failure; details stay in the log)
 
@@ -35,6 +36,7 @@ __all__ = [
     "BaseError",
     "CloseCode",
     "ConnectionError",
+    "DeliveryError",
     "ErrorCategory",
     "ErrorContext",
     "ErrorResponse",
@@ -44,6 +46,7 @@ __all__ = [
     "SystemError",
     "TimeoutError",
     "ValidationError",
+    "error_from_response",
 ]
 
 
@@ -271,6 +274,18 @@ class BackendError(BaseError):
     default_retryable = True
 
 
+class DeliveryError(BackendError):
+    """A group, user or broadcast send that could not confirm it reached every server with
+    members of its target (raised only with WS_STRICT_DELIVERY=true; always counted).
+
+    `details` holds `reached` and `expected` (servers; `expected` is None while Redis's state
+    is being rebuilt after it lost it) and the `topic`. Sending again is safe to try: the
+    members that did get it see it twice, so make messages idempotent if that matters.
+    """
+
+    default_code = "DELIVERY_SHORTFALL"
+
+
 class TimeoutError(BaseError):
     category = ErrorCategory.SYSTEM
     default_code = "TIMEOUT"
@@ -283,3 +298,31 @@ class SystemError(BaseError):
     severity = ErrorSeverity.HIGH
     default_code = "INTERNAL_ERROR"
     default_ws_code = CloseCode.INTERNAL_ERROR
+
+
+_BY_CATEGORY: dict[str, type[BaseError]] = {
+    ErrorCategory.AUTHENTICATION: AuthorizationError,  # after the handshake it is a refusal
+    ErrorCategory.AUTHORIZATION: AuthorizationError,
+    ErrorCategory.VALIDATION: ValidationError,
+    ErrorCategory.RATE_LIMIT: RateLimitError,
+    ErrorCategory.CONNECTION: ConnectionError,
+    ErrorCategory.MESSAGE: MessageError,
+    ErrorCategory.BACKEND: BackendError,
+    ErrorCategory.SYSTEM: SystemError,
+}
+
+
+def error_from_response(frame: dict[str, Any]) -> BaseError:
+    """Rebuild the error another server answered with (its `ErrorResponse.to_dict()`).
+
+    Keeps the class (by category), code, message, retryability and details, so a caller on
+    this server handles a remote refusal exactly like a local one.
+    """
+    cls = _BY_CATEGORY.get(str(frame.get("category")), SystemError)
+    details = frame.get("details")
+    return cls(
+        str(frame.get("message") or ""),
+        error_code=str(frame.get("error_code") or cls.default_code),
+        retryable=bool(frame.get("retryable", cls.default_retryable)),
+        details=details if isinstance(details, dict) else None,
+    )

@@ -1,9 +1,12 @@
 """ConnectionManager: the façade an app, a REST handler or a background job talks to.
 
 It encodes each send once, publishes it on one topic, and fans out what arrives on its
-subscribed topics to local connections (see DESIGN §3). It owns the background tasks
-(heartbeat sweeper, stats logger, control worker) and starts and stops them with the app's
-lifespan. Methods marked *local* look at this server only; *cluster-wide* ones ask the backend.
+subscribed topics to local connections (see DESIGN §3). Every cluster send knows whether it
+reached every server with members of its target: a shortfall is counted, logged, passed to
+`on_delivery_shortfall` hooks and, with WS_STRICT_DELIVERY, raised as DeliveryError.
+It owns the background tasks (heartbeat sweeper, stats logger, control worker), created on
+the loop that runs `start_tasks()`, so one manager can serve successive event loops.
+Methods marked *local* look at this server only; *cluster-wide* ones ask the backend.
 """
 
 from __future__ import annotations
@@ -13,31 +16,35 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from fastapi_channels import routing
-from fastapi_channels.backends.base import Admission, BaseBackend
+from fastapi_channels.backends.base import Admission, BaseBackend, Delivery
 from fastapi_channels.backends.memory import MemoryBackend
 from fastapi_channels.config import WSConfig
 from fastapi_channels.connection import Connection, WriteCoalescer
+from fastapi_channels.control import RemoteCalls, reply_for
 from fastapi_channels.exceptions import (
     AuthorizationError,
     BackendError,
     BaseError,
     CloseCode,
     ConnectionError,
+    DeliveryError,
 )
 from fastapi_channels.framing import encode_frame
 from fastapi_channels.heartbeat import plan, sweep_period
 from fastapi_channels.messages import to_frame
+from fastapi_channels.ordering import EchoBarrier
 from fastapi_channels.registry import ConnectionRegistry
 from fastapi_channels.serializers import get_serializer
 from fastapi_channels.stats import Counters
 
-__all__ = ["ConnectionManager", "get_manager"]
+__all__ = ["ConnectionManager", "DeliveryShortfall", "get_manager"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +56,38 @@ JoinAuthorizer = Callable[[Connection, str], "bool | Awaitable[bool]"]
 _default_manager: ConnectionManager | None = None
 
 CONTROL_QUEUE_SIZE = 10_000
-"""Control commands from other servers waiting to run here; beyond it they are dropped and logged."""
+"""Control commands from other servers waiting to run here; beyond it they are dropped and
+logged (their callers time out with REMOTE_TIMEOUT)."""
+
+TASK_RESTARTS_PER_MINUTE = 5
+"""A background loop that dies is logged and restarted, at most this often."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryShortfall:
+    """A cluster send that reached fewer servers than had members of its topic.
+
+    `expected` is None when it could not be known (Redis lost its state and the servers are
+    still writing theirs back). Members on the servers not reached missed the message.
+    """
+
+    topic: str
+    reached: int
+    expected: int | None
+
+
+ShortfallHook = Callable[[DeliveryShortfall], Any]
+
+
+class _Claim:
+    """A channel name in use on this server: from the start of its connect to the end of its
+    release, so a reused connection id never touches its predecessor's state."""
+
+    __slots__ = ("connection", "released")
+
+    def __init__(self) -> None:
+        self.connection: Connection | None = None  # set once admitted
+        self.released = asyncio.Event()
 
 
 def get_manager() -> ConnectionManager:
@@ -88,20 +126,31 @@ class ConnectionManager:
         self.serializer = get_serializer(self.config.WS_SERIALIZER, allow_pickle=self.config.WS_ALLOW_PICKLE)
         self.counters = Counters()
         self.started_at: float | None = None
+        self.strict_delivery = self.config.WS_STRICT_DELIVERY
         self._inbox = routing.inbox_topic(self.server_id)
         self._started = False
         self._stopping = False
-        self._start_lock = asyncio.Lock()
-        self._subscription_lock = asyncio.Lock()
+        # Loop-bound objects (locks, queues, tasks) are made by start_tasks() on its own loop.
+        self._start_lock: asyncio.Lock | None = None
+        self._start_lock_loop: asyncio.AbstractEventLoop | None = None
+        self._control: asyncio.Queue[dict[str, Any]] | None = None
         self._subscribed: set[str] = set()
+        self._admitting: dict[str, int] = {}  # user id -> connects in flight (their topic is wanted)
+        self._claims: dict[str, _Claim] = {}
         self._fast_channels: set[str] = set()  # local connections on the fast path
         self.authorize_join = authorize_join
         self._coalescer = WriteCoalescer()
+        self._calls = RemoteCalls()
+        self._echoes = EchoBarrier()
+        self._ordered = not self.backend.delivers_synchronously
+        self._echo_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=CONTROL_QUEUE_SIZE)
+        self._restarts: dict[str, list[float]] = {}
         self._backend_hooks: list[Callable[[str, BaseException | None], Any]] = []
+        self._shortfall_hooks: list[ShortfallHook] = []
         self._hook_tasks: set[asyncio.Task[Any]] = set()
         self.backend.add_event_listener(self._on_backend_event)
+        self.backend.set_eviction_handler(self._evicted)
         if _default_manager is None:
             _default_manager = self
 
@@ -110,11 +159,20 @@ class ConnectionManager:
         return self.config
 
     # --- lifecycle -----------------------------------------------------------------------------
+    def _lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._start_lock is None or self._start_lock_loop is not loop:
+            self._start_lock, self._start_lock_loop = asyncio.Lock(), loop
+        return self._start_lock
+
     async def start_tasks(self) -> None:
         """Connect the backend, subscribe this server's inbox and broadcast, start the sweepers."""
-        async with self._start_lock:
+        async with self._lock():
             if self._started:
                 return
+            self._control = asyncio.Queue(maxsize=CONTROL_QUEUE_SIZE)
+            self._calls = RemoteCalls()
+            self._echoes = EchoBarrier()
             await self.backend.start(self.server_id, self._on_backend_message)
             self._started = True
             try:
@@ -125,20 +183,40 @@ class ConnectionManager:
                 self._subscribed.clear()
                 await self.backend.stop()
                 raise
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._control_worker(), name="fastapi-channels-control")]
+            self._tasks = []
+            self._spawn("control", self._control_worker)
             if self.config.WS_ENABLE_HEARTBEAT:
-                self._tasks.append(
-                    loop.create_task(self._heartbeat_loop(), name="fastapi-channels-heartbeat")
-                )
+                self._spawn("heartbeat", self._heartbeat_loop)
             if self.config.LOG_STATS:
-                self._tasks.append(loop.create_task(self._stats_loop(), name="fastapi-channels-stats"))
+                self._spawn("stats", self._stats_loop)
             self.started_at = time.time()
             logger.info("fastapi-channels %s started on the %s backend", self.server_id, self.backend.name)
 
+    def _spawn(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a background loop; if it dies it is logged and restarted (a bounded number of times)."""
+        task = asyncio.get_running_loop().create_task(body(), name=f"fastapi-channels-{name}")
+        self._tasks.append(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if finished in self._tasks:
+                self._tasks.remove(finished)
+            if finished.cancelled() or not self._started or self._stopping:
+                return
+            error = finished.exception()
+            now = time.monotonic()
+            recent = [t for t in self._restarts.get(name, []) if now - t < 60] + [now]
+            self._restarts[name] = recent
+            if len(recent) > TASK_RESTARTS_PER_MINUTE:
+                logger.critical("background task %s keeps dying; not restarting it", name, exc_info=error)
+                return
+            logger.error("background task %s died; restarting it", name, exc_info=error)
+            self._spawn(name, body)
+
+        task.add_done_callback(done)
+
     async def stop_tasks(self, timeout: float = 10.0) -> None:
         """Close every connection with 1001, end every background task, release backend state."""
-        async with self._start_lock:
+        async with self._lock():
             if not self._started:
                 return
             self._stopping = True
@@ -150,11 +228,16 @@ class ConnectionManager:
                         closer.cancel()
                     if pending:
                         await asyncio.wait(pending, timeout=1.0)
-                for task in self._tasks:
+                tasks, self._tasks = self._tasks, []
+                for task in tasks:
                     task.cancel()
-                if self._tasks:
-                    await asyncio.wait(self._tasks, timeout=max(timeout, 1.0))
-                self._tasks = []
+                if tasks:
+                    await asyncio.wait(tasks, timeout=max(timeout, 1.0))
+                self._calls.fail_all(BackendError("the server stopped", error_code="SERVER_SHUTTING_DOWN"))
+                self._echoes.forget_all()
+                if self._echo_timer is not None:
+                    self._echo_timer.cancel()
+                    self._echo_timer = None
                 self._subscribed.clear()
                 await self.backend.stop()
             finally:
@@ -165,24 +248,40 @@ class ConnectionManager:
     def on_backend_event(self, hook: Callable[[str, BaseException | None], Any]) -> None:
         """Call `hook(event, error)` when the backend is "lost" and when it has "recovered".
 
-        Messages published during an outage may be lost; after "recovered" an app can tell its
-        clients to resync (e.g. reload recent history). `hook` may be a plain or async function.
+        Messages published to this server's topics during an outage may be lost: the senders
+        are told (a delivery shortfall), and after "recovered" an app can tell its clients to
+        resync (e.g. reload recent history). `hook` may be a plain or async function.
         """
         self._backend_hooks.append(hook)
+
+    def on_delivery_shortfall(self, hook: ShortfallHook) -> None:
+        """Call `hook(shortfall)` (a `DeliveryShortfall`) for every send of this server that did
+        not reach every server with members of its target. Plain or async function."""
+        self._shortfall_hooks.append(hook)
+
+    def _call_hooks(self, hooks: Iterable[Callable[..., Any]], *args: Any) -> None:
+        for hook in tuple(hooks):
+            try:
+                result = hook(*args)
+            except Exception:
+                logger.exception("hook %r failed", hook)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._hook_tasks.add(task)
+                task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task: asyncio.Task[Any]) -> None:
+        self._hook_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("async hook failed", exc_info=task.exception())
 
     def _on_backend_event(self, event: str, error: BaseException | None) -> None:
         if event == "lost":
             self.counters.backend_outages += 1
-        for hook in tuple(self._backend_hooks):
-            try:
-                result = hook(event, error)
-            except Exception:
-                logger.exception("backend event hook failed")
-                continue
-            if asyncio.iscoroutine(result):
-                task = asyncio.get_running_loop().create_task(result)
-                self._hook_tasks.add(task)
-                task.add_done_callback(self._hook_tasks.discard)
+            # Nothing published before the loss will come back through the reader.
+            self._echoes.forget_all()
+        self._call_hooks(self._backend_hooks, event, error)
 
     # --- connections ---------------------------------------------------------------------------
     async def connect(
@@ -197,6 +296,8 @@ class ConnectionManager:
         Over a limit the socket is accepted and closed with 1013 (the client sees the code);
         a bad origin or user id is refused at the handshake (HTTP 403). Raised out of the
         endpoint, Starlette turns the error into that close without logging a traceback.
+        A `connection_id` whose connection is open here is refused (DUPLICATE_CONNECTION_ID,
+        1013); one whose connection is closing is reused once that one has released everything.
         """
         self._check_origin(websocket)
         if user_id is not None:
@@ -217,12 +318,56 @@ class ConnectionManager:
                 "server is shutting down", error_code="SERVER_SHUTTING_DOWN", ws_code=CloseCode.GOING_AWAY
             )
         channel_name = routing.new_channel_name(self.server_id, connection_id)
-        if channel_name in self.registry:
-            raise ConnectionError(
-                "connection id already in use", error_code="DUPLICATE_CONNECTION_ID", retryable=False
-            )
-        config = self.config
+        claim = await self._claim(websocket, channel_name)
         try:
+            connection = await self._admit(websocket, channel_name, user_id, metadata, claim)
+        except BaseException:
+            if claim.connection is None:
+                self._unclaim(channel_name, claim)
+            raise
+        self.counters.connections_opened += 1
+        return connection
+
+    async def _claim(self, websocket: WebSocket, channel_name: str) -> _Claim:
+        """Reserve `channel_name` for a connect, waiting for a predecessor that is closing."""
+        for _ in range(3):
+            held = self._claims.get(channel_name)
+            if held is None:
+                claim = self._claims[channel_name] = _Claim()
+                return claim
+            previous = held.connection
+            if previous is None or previous.is_open:
+                break  # being admitted, or open: the id is in use
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.released.wait(), 2 * self.config.WS_CLOSE_TIMEOUT + 1)
+        self.counters.connections_refused += 1
+        await self._refuse(websocket)
+        raise ConnectionError(
+            "connection id already in use", error_code="DUPLICATE_CONNECTION_ID", retryable=True
+        )
+
+    def _unclaim(self, channel_name: str, claim: _Claim) -> None:
+        if self._claims.get(channel_name) is claim:
+            del self._claims[channel_name]
+        claim.released.set()
+
+    async def _admit(
+        self,
+        websocket: WebSocket,
+        channel_name: str,
+        user_id: str | None,
+        metadata: dict[str, Any] | None,
+        claim: _Claim,
+    ) -> Connection:
+        config = self.config
+        user_topic = routing.user_topic(user_id) if user_id is not None else None
+        if user_id is not None:
+            self._admitting[user_id] = self._admitting.get(user_id, 0) + 1
+        try:
+            # Listen first, then take the slot: a send that counts this server among the user's
+            # servers is sure to reach it.
+            if user_topic is not None:
+                await self._reconcile(user_topic)
             admission = await self._backend_call(
                 self.backend.add_connection(
                     channel_name,
@@ -233,6 +378,7 @@ class ConnectionManager:
             )
         except BackendError as exc:
             # Limits cannot be checked while the broker is down: refuse, and say "try again later".
+            await self._drop_admitting(user_id)
             self.counters.connections_refused += 1
             await self._refuse(websocket)
             raise ConnectionError(
@@ -241,21 +387,14 @@ class ConnectionManager:
                 user_id=user_id,
                 component="manager",
             ) from exc
+        except BaseException:
+            await self._drop_admitting(user_id)
+            raise
         if admission is not Admission.ACCEPTED:
+            await self._drop_admitting(user_id)
             self.counters.connections_refused += 1
-            scope, limit = (
-                ("user", config.MAX_CONNECTIONS_PER_CLIENT)
-                if admission is Admission.USER_LIMIT
-                else ("total", config.MAX_TOTAL_CONNECTIONS)
-            )
             await self._refuse(websocket)
-            raise ConnectionError(
-                f"connection limit reached ({scope}: {limit})",
-                error_code="CONNECTION_LIMIT_EXCEEDED",
-                details={"scope": scope, "limit": limit},
-                user_id=user_id,
-                component="manager",
-            )
+            raise self._refusal(admission, user_id)
         connection = Connection(
             websocket,
             channel_name,
@@ -272,22 +411,60 @@ class ConnectionManager:
         try:
             if websocket.application_state is WebSocketState.CONNECTING:
                 await websocket.accept()
-            self.registry.add(connection)
-            connection.start()
-            if connection.uses_fast_path:
-                self._fast_channels.add(channel_name)
-            if user_id is not None:
-                await self._reconcile(routing.user_topic(user_id))
         except BaseException:
-            self._fast_channels.discard(channel_name)
-            if self.registry.remove(channel_name) is None:
+            await self._drop_admitting(user_id)
+            with contextlib.suppress(Exception):
                 await self.backend.remove_connection(channel_name, user_id)
-            else:
-                await self._release(channel_name, user_id, [])
-            connection.close(CloseCode.INTERNAL_ERROR, flush=False)
             raise
-        self.counters.connections_opened += 1
+        self.registry.add(connection)
+        claim.connection = connection
+        if user_id is not None:
+            self._admitting[user_id] -= 1
+            if not self._admitting[user_id]:
+                del self._admitting[user_id]
+        connection.start()
+        if connection.uses_fast_path:
+            self._fast_channels.add(channel_name)
         return connection
+
+    async def _drop_admitting(self, user_id: str | None) -> None:
+        if user_id is None:
+            return
+        left = self._admitting.get(user_id, 0) - 1
+        if left > 0:
+            self._admitting[user_id] = left
+        else:
+            self._admitting.pop(user_id, None)
+        with contextlib.suppress(Exception):
+            await self._reconcile(routing.user_topic(user_id))
+
+    def _refusal(self, admission: Admission, user_id: str | None) -> ConnectionError:
+        config = self.config
+        if admission is Admission.UNVERIFIED:
+            return ConnectionError(
+                "the cluster state is being rebuilt after a backend outage",
+                error_code="BACKEND_UNAVAILABLE",
+                user_id=user_id,
+                component="manager",
+            )
+        scope, limit = (
+            ("user", config.MAX_CONNECTIONS_PER_CLIENT)
+            if admission is Admission.USER_LIMIT
+            else ("total", config.MAX_TOTAL_CONNECTIONS)
+        )
+        return ConnectionError(
+            f"connection limit reached ({scope}: {limit})",
+            error_code="CONNECTION_LIMIT_EXCEEDED",
+            details={"scope": scope, "limit": limit},
+            user_id=user_id,
+            component="manager",
+        )
+
+    def _evicted(self, channel_name: str, admission: Admission) -> None:
+        """The backend could not write this connection back under the limits: close it."""
+        connection = self.registry.get(channel_name)
+        if connection is not None:
+            connection.close(CloseCode.TRY_AGAIN_LATER, "CONNECTION_LIMIT_EXCEEDED", flush=False)
 
     def _check_origin(self, websocket: WebSocket) -> None:
         allowed = self.config.WS_ALLOWED_ORIGINS
@@ -316,7 +493,10 @@ class ConnectionManager:
     async def disconnect(
         self, connection_id: str, code: int = CloseCode.NORMAL_CLOSURE, reason: str = ""
     ) -> None:
-        """Close a connection (on whichever server owns it), leaving all its groups. Idempotent."""
+        """Close a connection (on whichever server owns it), leaving all its groups. Idempotent.
+
+        For a connection on another server it returns once the owner has closed it.
+        """
         connection = self.registry.get(connection_id)
         if connection is not None:
             connection.close(code, reason)
@@ -325,25 +505,36 @@ class ConnectionManager:
             return
         owner = self._owner(connection_id)
         if owner is not None and owner != self.server_id:
-            await self._send_control(owner, {"op": "disconnect", "channel": connection_id, "code": int(code)})
+            with contextlib.suppress(ConnectionError):  # already gone: disconnect is idempotent
+                await self._request(
+                    owner, {"op": "disconnect", "channel": connection_id, "code": int(code), "reason": reason}
+                )
 
     async def _forget(self, connection: Connection) -> None:
         """Called once per connection when it has closed: drop it from every index and the cluster."""
-        removal = self.registry.remove(connection.channel_name)
+        name = connection.channel_name
+        if self.registry.get(name) is not connection:
+            return
+        removal = self.registry.remove(name)
         if removal is None:
             return
         self.counters.connections_closed += 1
-        self._fast_channels.discard(connection.channel_name)
-        await self._release(connection.channel_name, connection.user_id, removal.left_groups)
+        self._fast_channels.discard(name)
+        try:
+            await self._release(name, connection.user_id, removal.left_groups)
+        finally:
+            claim = self._claims.get(name)
+            if claim is not None and claim.connection is connection:
+                self._unclaim(name, claim)
 
     async def _release(self, channel_name: str, user_id: str | None, groups: list[str]) -> None:
         try:
             for group in groups:
                 await self.backend.group_discard(group, channel_name)
                 await self._reconcile(routing.group_topic(group))
+            await self.backend.remove_connection(channel_name, user_id)
             if user_id is not None:
                 await self._reconcile(routing.user_topic(user_id))
-            await self.backend.remove_connection(channel_name, user_id)
         except Exception:
             # The backend's own expiry reclaims what could not be released now.
             logger.warning("could not release %s in the backend", channel_name, exc_info=True)
@@ -384,7 +575,11 @@ class ConnectionManager:
 
     # --- groups --------------------------------------------------------------------------------
     async def join_group(self, connection_id: str, group: str) -> None:
-        """Add a connection (owned by any server) to a group."""
+        """Add a connection (owned by any server) to a group.
+
+        Returns once a message published to the group afterwards is sure to reach it; for a
+        connection on another server, once its owner did the join (its refusal is raised here).
+        """
         routing.validate_name("group", group)
         connection = self.registry.get(connection_id)
         if connection is None:
@@ -406,25 +601,43 @@ class ConnectionManager:
                     user_id=connection.user_id,
                     connection_id=connection_id,
                 )
-        added = await self._backend_call(
-            self.backend.group_add(group, connection_id, max_groups=self.config.MAX_TOTAL_GROUPS)
-        )
+            if self.registry.get(connection_id) is not connection or group in connection.groups:
+                return  # closed, or joined by a concurrent call, while the authorizer ran
+        topic = routing.group_topic(group)
+        # Listen first, then count: a send that counts this server among the group's servers
+        # is sure to reach it.
+        self.registry.join(connection_id, group)
+        try:
+            await self._reconcile(topic)
+            added = await self._backend_call(
+                self.backend.group_add(group, connection_id, max_groups=self.config.MAX_TOTAL_GROUPS)
+            )
+        except BaseException:
+            await self._undo_join(connection, group)
+            raise
         if not added:
+            await self._undo_join(connection, group)
             raise ConnectionError(
                 f"group limit reached ({self.config.MAX_TOTAL_GROUPS})",
                 error_code="GROUP_LIMIT_EXCEEDED",
                 details={"limit": self.config.MAX_TOTAL_GROUPS},
                 connection_id=connection_id,
             )
-        if connection_id not in self.registry:
-            # Closed while the backend answered: its cleanup has already run without this group.
+        if self.registry.get(connection_id) is not connection or group not in connection.groups:
+            # Closed (or left) while the backend answered: its cleanup ran without this entry.
             await self.backend.group_discard(group, connection_id)
-            return
-        self.registry.join(connection_id, group)
-        await self._reconcile(routing.group_topic(group))
+
+    async def _undo_join(self, connection: Connection, group: str) -> None:
+        if self.registry.get(connection.channel_name) is connection:
+            self.registry.leave(connection.channel_name, group)
+        with contextlib.suppress(Exception):
+            await self._reconcile(routing.group_topic(group))
 
     async def leave_group(self, connection_id: str, group: str) -> None:
-        """Remove a connection (owned by any server) from a group. Idempotent."""
+        """Remove a connection (owned by any server) from a group. Idempotent.
+
+        For a connection on another server it returns once the owner did the leave.
+        """
         routing.validate_name("group", group)
         connection = self.registry.get(connection_id)
         if connection is None:
@@ -442,21 +655,30 @@ class ConnectionManager:
         """The frame every recipient of `message` gets: built once per send."""
         return to_frame(message, self.serializer)
 
+    def send_local(self, connection: Connection, frame: str | bytes) -> bool:
+        """Queue an encoded frame on a local connection, after this server's cluster sends
+        still on their way back (one order per sender); False when the connection refused it."""
+        if self._ordered and self._echoes.defer(lambda: connection.enqueue(frame)):
+            return connection.is_open
+        return connection.enqueue(frame)
+
     async def send_personal(self, connection_id: str, message: Any) -> bool:
         """Send to one connection by channel name, on whichever server owns it.
 
-        True when the frame was queued here or handed to the owner's inbox; False when the
-        connection is this server's and is gone or refused the frame.
+        True when the frame was queued here or reached the owner's server; False when the
+        connection is gone (or, here, refused the frame).
         """
         frame = self.encode(message)
         connection = self.registry.get(connection_id)
         if connection is not None:
-            return connection.enqueue(frame)
+            return self.send_local(connection, frame)
         owner = self._owner(connection_id)
         if owner is None or owner == self.server_id:
             return False
-        await self._publish(routing.inbox_topic(owner), routing.encode_personal(connection_id, frame))
-        return True
+        delivery = await self._publish(
+            routing.inbox_topic(owner), routing.encode_personal(connection_id, frame), shortfall_raises=False
+        )
+        return delivery.reached > 0
 
     async def send_to_group(self, group: str, message: Any) -> None:
         """Send to every member of a group on every server: one publish whatever its size."""
@@ -481,27 +703,70 @@ class ConnectionManager:
         user_id = routing.validate_name("user", str(user_id))
         frame = self.encode(message)
         envelope = routing.encode_frame_envelope(frame)
-        return await self._counted(
-            self.backend.publish_to_user(routing.user_topic(user_id), user_id, envelope)
-        )
+        topic = routing.user_topic(user_id)
+        delivery = await self._publish(topic, envelope, to_user=user_id)
+        return delivery.connections
 
     async def broadcast(self, message: Any) -> None:
         """Send to every connection on every server."""
         frame = self.encode(message)
         await self._publish(routing.BROADCAST_TOPIC, routing.encode_frame_envelope(frame))
 
-    async def _publish(self, topic: str, envelope: bytes) -> None:
-        await self._counted(self.backend.publish(topic, envelope))
-
-    async def _counted(self, publish: Awaitable[T]) -> T:
-        """Run a publish, counting it or its failure; a broker failure becomes BackendError."""
+    async def _publish(
+        self, topic: str, envelope: bytes, *, to_user: str | None = None, shortfall_raises: bool = True
+    ) -> Delivery:
+        """Publish one envelope, counted, in order with local sends, checked for a shortfall."""
+        seq = 0
+        if self._ordered and topic in self._subscribed and self.backend.listening(topic):
+            # Our own members get it back through the reader: number it so local sends wait.
+            seq = self._echoes.issue(topic, time.monotonic())
+            envelope = routing.tag_envelope(envelope, self.server_id, seq)
+            self._arm_echo_timer()
+        publish = (
+            self.backend.publish(topic, envelope)
+            if to_user is None
+            else self.backend.publish_to_user(topic, to_user, envelope)
+        )
         try:
-            result = await self._backend_call(publish)
+            delivery = await self._backend_call(publish)
         except BaseError:
             self.counters.publish_failures += 1
+            if seq:
+                self._echoes.cancel(seq)
             raise
         self.counters.messages_published += 1
-        return result
+        if not delivery.complete:
+            self._shortfall(topic, delivery, raises=shortfall_raises)
+        return delivery
+
+    def _shortfall(self, topic: str, delivery: Delivery, *, raises: bool) -> None:
+        self.counters.delivery_shortfalls += 1
+        logger.warning(
+            "delivery shortfall on %s: reached %d of %s servers with members",
+            topic,
+            delivery.reached,
+            "an unknown number of" if delivery.expected is None else delivery.expected,
+        )
+        self._call_hooks(self._shortfall_hooks, DeliveryShortfall(topic, delivery.reached, delivery.expected))
+        if self.strict_delivery and raises:
+            raise DeliveryError(
+                f"{topic} reached {delivery.reached} of "
+                f"{'?' if delivery.expected is None else delivery.expected} servers with members",
+                details={"topic": topic, "reached": delivery.reached, "expected": delivery.expected},
+                component="manager",
+            )
+
+    def _arm_echo_timer(self) -> None:
+        if self._echo_timer is None:
+            self._echo_timer = asyncio.get_running_loop().call_later(
+                self._echoes.max_wait, self._expire_echoes
+            )
+
+    def _expire_echoes(self) -> None:
+        self._echo_timer = None
+        self._echoes.expire(time.monotonic())
+        if not self._echoes.idle:
+            self._arm_echo_timer()
 
     async def _backend_call(self, awaitable: Awaitable[T]) -> T:
         try:
@@ -509,7 +774,9 @@ class ConnectionManager:
         except BaseError:
             raise
         except Exception as exc:
-            raise BackendError(f"backend call failed: {exc!r}", component="backend") from exc
+            raise BackendError(
+                f"backend call failed: {type(exc).__name__}: {exc}", component="backend"
+            ) from exc
 
     # --- receiving from the backend ------------------------------------------------------------
     def _on_backend_message(self, topic: str, payload: bytes) -> None:
@@ -520,10 +787,17 @@ class ConnectionManager:
             self.counters.backend_messages_invalid += 1
             logger.warning("dropped a malformed envelope on %s", topic)
             return
+        try:
+            self._fan_out(topic, envelope)
+        finally:
+            if envelope.origin == self.server_id and envelope.seq:
+                self._echoes.echoed(envelope.seq)
+
+    def _fan_out(self, topic: str, envelope: routing.Envelope) -> None:
         frame = envelope.frame
         if frame is None:
             if envelope.control is not None and topic == self._inbox:
-                self._queue_control(envelope.control)
+                self._on_control(envelope.control)
             return
         if envelope.channel_name is not None:
             connection = self.registry.get(envelope.channel_name)
@@ -549,27 +823,54 @@ class ConnectionManager:
             for connection in targets:
                 connection.enqueue(frame, wire)
 
-    def _queue_control(self, command: dict[str, Any]) -> None:
+    # --- commands between servers ----------------------------------------------------------------
+    def _on_control(self, command: dict[str, Any]) -> None:
+        if command.get("op") == "reply":
+            self._calls.settle(command)
+            return
+        queue = self._control
+        if queue is None:
+            return
         try:
-            self._control.put_nowait(command)
+            queue.put_nowait(command)
         except asyncio.QueueFull:
             logger.error("control queue full (%d): dropped %r", CONTROL_QUEUE_SIZE, command.get("op"))
 
     async def _control_worker(self) -> None:
+        queue = self._control
+        assert queue is not None
         while True:
-            command = await self._control.get()
+            command = await queue.get()
+            error: BaseError | None = None
             try:
                 await self._run_control(command)
             except BaseError as exc:
+                error = exc
                 logger.info("control %s refused: %s", command.get("op"), exc.error_code)
             except Exception:
                 logger.exception("control %r failed", command.get("op"))
+                error = BackendError("the owner failed to run the command", error_code="REMOTE_FAILED")
+            reply_to = command.get("reply_to")
+            if isinstance(reply_to, str) and reply_to:
+                try:
+                    await self._publish(
+                        routing.inbox_topic(reply_to),
+                        routing.encode_control(reply_for(command, error)),
+                        shortfall_raises=False,
+                    )
+                except BaseError as exc:
+                    logger.warning("could not answer %s: %s", reply_to, exc.error_code)
 
     async def _run_control(self, command: dict[str, Any]) -> None:
         op = command.get("op")
         channel = command.get("channel")
         if not isinstance(channel, str) or channel not in self.registry:
-            return
+            raise ConnectionError(
+                "no such connection",
+                error_code="CONNECTION_NOT_FOUND",
+                retryable=False,
+                connection_id=str(channel)[:200],
+            )
         group = command.get("group")
         if op == "join" and isinstance(group, str):
             await self.join_group(channel, group)
@@ -577,7 +878,14 @@ class ConnectionManager:
             await self.leave_group(channel, group)
         elif op == "disconnect":
             code = command.get("code")
-            await self.disconnect(channel, code if isinstance(code, int) else CloseCode.NORMAL_CLOSURE)
+            reason = command.get("reason")
+            await self.disconnect(
+                channel,
+                code if isinstance(code, int) else CloseCode.NORMAL_CLOSURE,
+                reason if isinstance(reason, str) else "",
+            )
+        else:
+            raise BackendError(f"unknown control command {str(op)[:40]!r}", error_code="REMOTE_FAILED")
 
     async def _remote(self, connection_id: str, command: dict[str, Any]) -> None:
         owner = self._owner(connection_id)
@@ -588,10 +896,36 @@ class ConnectionManager:
                 retryable=False,
                 connection_id=connection_id,
             )
-        await self._send_control(owner, command)
+        await self._request(owner, command)
 
-    async def _send_control(self, owner: str, command: dict[str, Any]) -> None:
-        await self._publish(routing.inbox_topic(owner), routing.encode_control(command))
+    async def _request(self, owner: str, command: dict[str, Any]) -> None:
+        """Ask `owner` to run `command` and wait for its answer (or WS_REMOTE_TIMEOUT)."""
+        call_id, answer = self._calls.open(command, self.server_id)
+        try:
+            delivery = await self._publish(
+                routing.inbox_topic(owner), routing.encode_control(command), shortfall_raises=False
+            )
+            if delivery.reached == 0:
+                # Nobody listens on that inbox: the owner is gone (or deaf, and then told so).
+                raise ConnectionError(
+                    f"the server owning {command.get('channel')!r} is not reachable",
+                    error_code="CONNECTION_NOT_FOUND",
+                    retryable=delivery.expected != 0,
+                    details={"server": owner},
+                )
+            try:
+                await asyncio.wait_for(answer, self.config.WS_REMOTE_TIMEOUT)
+            except TimeoutError:
+                self.counters.remote_timeouts += 1
+                raise BackendError(
+                    f"server {owner!r} did not answer {command.get('op')!r} within "
+                    f"{self.config.WS_REMOTE_TIMEOUT:g}s",
+                    error_code="REMOTE_TIMEOUT",
+                    details={"server": owner},
+                    component="manager",
+                ) from None
+        finally:
+            self._calls.close(call_id)
 
     @staticmethod
     def _owner(connection_id: str) -> str | None:
@@ -606,23 +940,24 @@ class ConnectionManager:
         if topic.startswith("group:"):
             return self.registry.has_group(topic[6:])
         if topic.startswith("user:"):
-            return self.registry.has_user(topic[5:])
+            user = topic[5:]
+            return self.registry.has_user(user) or user in self._admitting
         return self._started and topic in (self._inbox, routing.BROADCAST_TOPIC)
 
     async def _reconcile(self, topic: str) -> None:
         """Make the backend subscription of `topic` match what the registry needs right now.
 
-        Serialised, and decided after the lock is held, so a join and a leave racing on the
-        same group always end in the state the registry has last.
+        No lock: the decision and the backend's record of it happen together, before any
+        await, so a join and a leave racing on one group end in the state the registry has
+        last; a subscribe returns once confirmed, or once the topic is no longer wanted.
         """
-        async with self._subscription_lock:
-            want = self._wants(topic)
-            if want and topic not in self._subscribed:
-                await self.backend.subscribe(topic)
-                self._subscribed.add(topic)
-            elif not want and topic in self._subscribed:
-                self._subscribed.discard(topic)
-                await self.backend.unsubscribe(topic)
+        if self._wants(topic):
+            self._subscribed.add(topic)
+            await self.backend.subscribe(topic)
+        elif topic in self._subscribed:
+            self._subscribed.discard(topic)
+            self._echoes.forget_topic(topic)
+            await self.backend.unsubscribe(topic)
 
     @property
     def subscribed_topics(self) -> frozenset[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "inbox_topic",
     "new_channel_name",
     "server_of",
+    "tag_envelope",
     "user_topic",
     "validate_name",
     "validate_server_id",
@@ -106,12 +107,15 @@ def server_of(channel_name: str) -> str:
 #   x<4-byte length><json list>(t|b)... the same, minus the listed channel names
 #   p<channel name>\n(t|b)...           a frame for one connection (server inbox only)
 #   c<json object>                      a control command for the owning server (inbox only)
+#   o<8-byte seq><server id>\n<envelope> any of the above, tagged by the server that published
+#                                       it, so that server knows when its own send came back
 
 _TEXT: Final = 0x74  # b"t"
 _BINARY: Final = 0x62  # b"b"
 _EXCEPT: Final = 0x78  # b"x"
 _PERSONAL: Final = 0x70  # b"p"
 _CONTROL: Final = 0x63  # b"c"
+_ORIGIN: Final = 0x6F  # b"o"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,8 @@ class Envelope:
     exclude: frozenset[str] = frozenset()
     channel_name: str | None = None
     control: dict[str, object] | None = None
+    origin: str | None = None
+    seq: int = 0
 
 
 def _frame_part(frame: str | bytes) -> bytes:
@@ -156,11 +162,28 @@ def encode_control(command: dict[str, object]) -> bytes:
     return b"c" + orjson.dumps(command)
 
 
+def tag_envelope(envelope: bytes, server_id: str, seq: int) -> bytes:
+    return b"o" + seq.to_bytes(8, "big") + server_id.encode() + b"\n" + envelope
+
+
 def decode_envelope(data: bytes) -> Envelope:
     """Decode a topic payload; ValueError on anything malformed (a backend logs and drops it)."""
     if not data:
         raise ValueError("empty envelope")
     kind = data[0]
+    if kind == _ORIGIN:
+        origin, sep, rest = data[9:].partition(b"\n")
+        if len(data) < 10 or not sep or rest[:1] == b"o":
+            raise ValueError("malformed origin tag")
+        inner = decode_envelope(rest)
+        return Envelope(
+            frame=inner.frame,
+            exclude=inner.exclude,
+            channel_name=inner.channel_name,
+            control=inner.control,
+            origin=origin.decode(),
+            seq=int.from_bytes(data[1:9], "big"),
+        )
     if kind in (_TEXT, _BINARY):
         return Envelope(frame=_decode_frame(data))
     if kind == _EXCEPT:

@@ -30,6 +30,8 @@ class Counters:
     send_failures: int = 0
     backend_messages_invalid: int = 0
     backend_outages: int = 0
+    delivery_shortfalls: int = 0
+    remote_timeouts: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -13,9 +13,17 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Admission", "BackendEventListener", "BaseBackend", "MessageHandler"]
+__all__ = [
+    "Admission",
+    "BackendEventListener",
+    "BaseBackend",
+    "Delivery",
+    "EvictionHandler",
+    "MessageHandler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +35,52 @@ BackendEventListener = Callable[[str, BaseException | None], None]
 delivers again; messages published in between may be lost, so apps can tell clients to resync."""
 
 
+EvictionHandler = Callable[[str, "Admission"], None]
+"""Called with (channel name, why) for a local connection the cluster state no longer admits:
+after Redis lost its data, writing it back would have put its user over a limit."""
+
+
 class Admission(StrEnum):
     """The answer of `add_connection`."""
 
     ACCEPTED = "accepted"
     USER_LIMIT = "user_limit"
     TOTAL_LIMIT = "total_limit"
+    UNVERIFIED = "unverified"  # the cluster state is being rebuilt: limits cannot be checked now
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What one publish achieved: how many servers got it against how many were owed it.
+
+    `expected` is None when it cannot be known (the broker's state is being rebuilt after it
+    lost it); `connections` is the audience's connection count where the backend knows it
+    (user topics).
+    """
+
+    reached: int
+    expected: int | None
+    connections: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and self.reached >= self.expected
 
 
 class BaseBackend(abc.ABC):
     """Topics plus cluster state. Methods marked *cluster-wide* see every server's entries."""
 
     name: str = "base"
+    delivers_synchronously: bool = False
+    """True when `publish` has handed the message to every subscriber before it returns."""
 
     def __init__(self) -> None:
         self._listeners: list[BackendEventListener] = []
+        self._evict: EvictionHandler | None = None
+
+    def set_eviction_handler(self, handler: EvictionHandler | None) -> None:
+        """Be told of local connections the cluster no longer admits (see `EvictionHandler`)."""
+        self._evict = handler
 
     def add_event_listener(self, listener: BackendEventListener) -> None:
         """Be told of outages ("lost") and recoveries ("recovered")."""
@@ -65,16 +104,28 @@ class BaseBackend(abc.ABC):
 
     # --- topics --------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Hand `payload` to every server subscribed to `topic`: one broker operation."""
+    async def publish(self, topic: str, payload: bytes) -> Delivery:
+        """Hand `payload` to every server subscribed to `topic`: one broker operation.
+
+        The answer compares the servers reached with the servers that have members of the
+        topic (group and user topics: those with members or connections; broadcast: every
+        server with a connection; an inbox: its owner, if alive).
+        """
 
     @abc.abstractmethod
-    async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> int:
-        """Publish on a user's topic; return the user's connection count (cluster-wide), atomically."""
+    async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> Delivery:
+        """Publish on a user's topic; `connections` is the user's count (cluster-wide), atomically."""
 
     @abc.abstractmethod
     async def subscribe(self, topic: str) -> None:
-        """Subscribe this server to `topic` (idempotent)."""
+        """Subscribe this server to `topic` and return once a publish is sure to reach it.
+
+        Idempotent. Raises BackendError when that cannot be confirmed.
+        """
+
+    def listening(self, topic: str) -> bool:
+        """Whether a message published to `topic` now is sure to come back to this server."""
+        return True
 
     @abc.abstractmethod
     async def unsubscribe(self, topic: str) -> None:

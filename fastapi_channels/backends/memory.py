@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from fastapi_channels.backends.base import Admission, BaseBackend, MessageHandler
+from fastapi_channels.backends.base import Admission, BaseBackend, Delivery, MessageHandler
 
 __all__ = ["MemoryBackend", "MemoryHub"]
 
@@ -30,6 +30,7 @@ class MemoryHub:
 
 class MemoryBackend(BaseBackend):
     name = "memory"
+    delivers_synchronously = True
 
     def __init__(self, hub: MemoryHub | None = None) -> None:
         super().__init__()
@@ -52,19 +53,22 @@ class MemoryBackend(BaseBackend):
         self._handler = None
 
     # --- topics --------------------------------------------------------------------------------
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes) -> Delivery:
+        # Synchronous hand-over to every subscriber: what is subscribed is what is reached.
         subscribers = self.hub.subscribers.get(topic)
         if not subscribers:
-            return
-        for handler in tuple(subscribers.values()):
+            return Delivery(0, 0)
+        handlers = tuple(subscribers.values())
+        for handler in handlers:
             try:
                 handler(topic, payload)
             except Exception:
                 logger.exception("subscriber of %s failed", topic)
+        return Delivery(len(handlers), len(handlers))
 
-    async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> int:
-        await self.publish(user_topic, payload)
-        return len(self.hub.users.get(user_id, ()))
+    async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> Delivery:
+        delivery = await self.publish(user_topic, payload)
+        return Delivery(delivery.reached, delivery.expected, len(self.hub.users.get(user_id, ())))
 
     async def subscribe(self, topic: str) -> None:
         if self._handler is None:

@@ -6,14 +6,17 @@ Pure string building, kept apart so the layout is readable in one place::
     <p>servers                   zset server -> liveness deadline (ms); how dead servers are found
     <p>srv:<server>:conns        hash channel -> user id ("" if anonymous): the server's connections
     <p>srv:<server>:members      set "group|channel": the server's group memberships
-    <p>users:<user>              set of the user's channel names (the per-user slots)
+    <p>users:<user>              hash server -> the user's connection count there (the slots)
     <p>group:<group>             set of the group's channel names, TTL REDIS_GROUP_EXPIRY
+    <p>gsrv:<group>              hash server -> the group's member count there, same TTL
+    <p>epoch                     hash id, born, lost: the incarnation of all of the above
     <p>groups                    zset group -> expiry deadline (ms): the cluster's group count
     <p><topic>                   pub/sub channels: group:<g>, user:<u>, inbox:<server>, broadcast
     <p>probe:<server>            pub/sub channel of the server's deafness self-check
 
-Every variable part is a validated name (no '|', ':' or '*'), so keys cannot collide or
-reach outside the prefix.
+Counts are kept per server so that every check on a connect, join or send path costs
+O(servers), and a dead server's share is one field to drop. Every variable part is a
+validated name (no '|', ':' or '*'), so keys cannot collide or reach outside the prefix.
 """
 
 from __future__ import annotations
@@ -31,12 +34,19 @@ class RedisKeys:
         self.members = f"{prefix}srv:{server_id}:members"
         self.groups = f"{prefix}groups"
         self.probe = f"{prefix}probe:{server_id}"
+        self.epoch = f"{prefix}epoch"
+
+    def alive_of(self, server_id: str) -> str:
+        return f"{self.prefix}alive:{server_id}"
 
     def user(self, user_id: str) -> str:
         return f"{self.prefix}users:{user_id}"
 
     def group(self, group: str) -> str:
         return f"{self.prefix}group:{group}"
+
+    def group_servers(self, group: str) -> str:
+        return f"{self.prefix}gsrv:{group}"
 
     def channel(self, topic: str) -> str:
         return self.prefix + topic

@@ -72,3 +72,55 @@ async def test_a_group_send_costs_the_same_redis_commands_whatever_the_group_siz
         for clients in members.values():
             await asyncio.gather(*(client.close() for client in clients))
     await probe.aclose()
+
+
+async def test_counting_and_admitting_cost_the_same_redis_work_whatever_the_size(
+    redis_server: RedisProcess, redis_prefix: str
+) -> None:
+    """group_size, count_user_connections, a user send, a group send and a connect for a user
+    run the same Redis commands for 3 members as for 3,000 (counts are kept per server)."""
+    from fastapi_channels.routing import group_topic, new_channel_name, user_topic
+
+    nodes = [_backend(redis_server, redis_prefix) for _ in range(2)]
+    for index, node in enumerate(nodes):
+        await node.start(f"srv{index}", lambda _topic, _payload: None)
+    probe = aioredis.Redis.from_url(redis_server.url)
+    big = 1 << 30
+    try:
+        for label, size in (("small", 3), ("large", 3000)):
+            for start in range(0, size, 200):
+                batch = range(start, min(size, start + 200))
+                channels = [(nodes[i % 2], new_channel_name(f"srv{i % 2}")) for i in batch]
+                await asyncio.gather(
+                    *(
+                        n.add_connection(c, f"user-{label}", max_per_user=big, max_total=big)
+                        for n, c in channels
+                    )
+                )
+                await asyncio.gather(*(n.group_add(f"group-{label}", c, max_groups=big) for n, c in channels))
+
+        cost: dict[str, dict[str, int]] = {}
+        for label in ("small", "large"):
+            await probe.config_resetstat()
+            node = nodes[0]
+            assert await node.group_size(f"group-{label}") == (3 if label == "small" else 3000)
+            await node.count_user_connections(f"user-{label}")
+            await node.publish_to_user(user_topic(f"user-{label}"), f"user-{label}", b"tx")
+            await node.publish(group_topic(f"group-{label}"), b"tx")
+            await node.add_connection(
+                new_channel_name("srv0"), f"user-{label}", max_per_user=big, max_total=big
+            )
+            counts = await _commands(probe)
+            cost[label] = {
+                name: calls
+                for name, calls in counts.items()
+                if name not in {"config|resetstat", "info", "evalsha", "eval", "script|load"}
+            }
+        assert cost["large"] == cost["small"], cost
+        assert cost["small"]["publish"] == 2
+        # Nothing on these paths reads a member set (a Lua loop over it would be O(members)).
+        assert not {"smembers", "sscan", "scard", "sismember"} & set(cost["large"]), cost
+    finally:
+        for node in nodes:
+            await node.stop()
+        await probe.aclose()

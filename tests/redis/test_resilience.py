@@ -144,8 +144,8 @@ async def test_a_deaf_subscription_is_detected_by_the_probe_and_rebuilt(
     try:
         await backend.subscribe("group:x")
         # Make the subscription silently deaf: unsubscribe behind the backend's back.
-        assert backend._pubsub is not None
-        await backend._pubsub.unsubscribe()
+        assert backend.reader is not None and backend.reader._pubsub is not None
+        await backend.reader._pubsub.unsubscribe()
         for _ in range(100):
             if backend.deaf_repairs:
                 break

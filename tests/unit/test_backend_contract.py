@@ -456,8 +456,8 @@ async def test_publish_to_user_returns_the_users_connection_count(cluster: Clust
     await a.backend.add_connection(a.channel(), "alice", max_per_user=BIG, max_total=BIG)
     await b.backend.add_connection(b.channel(), "alice", max_per_user=BIG, max_total=BIG)
     await b.backend.add_connection(b.channel(), "bob", max_per_user=BIG, max_total=BIG)
-    assert await b.backend.publish_to_user(topic, "alice", b"thi") == 2
-    assert await a.backend.publish_to_user(user_topic("carol"), "carol", b"tnobody") == 0
+    assert (await b.backend.publish_to_user(topic, "alice", b"thi")).connections == 2
+    assert (await a.backend.publish_to_user(user_topic("carol"), "carol", b"tnobody")).connections == 0
     await cluster.settle()
     assert a.received == [(topic, b"thi")]
     assert b.received == []
@@ -467,9 +467,9 @@ async def test_publish_to_user_count_follows_removals(cluster: Cluster) -> None:
     a = await cluster.node()
     channel = a.channel()
     await a.backend.add_connection(channel, "alice", max_per_user=BIG, max_total=BIG)
-    assert await a.backend.publish_to_user(user_topic("alice"), "alice", b"tx") == 1
+    assert (await a.backend.publish_to_user(user_topic("alice"), "alice", b"tx")).connections == 1
     await a.backend.remove_connection(channel, "alice")
-    assert await a.backend.publish_to_user(user_topic("alice"), "alice", b"tx") == 0
+    assert (await a.backend.publish_to_user(user_topic("alice"), "alice", b"tx")).connections == 0
 
 
 # --- lifecycle ----------------------------------------------------------------------------------

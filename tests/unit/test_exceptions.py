@@ -16,6 +16,7 @@ from fastapi_channels.exceptions import (
     BaseError,
     CloseCode,
     ConnectionError,
+    DeliveryError,
     ErrorCategory,
     ErrorContext,
     ErrorResponse,
@@ -38,6 +39,7 @@ TABLE = [
     (ConnectionError, "connection", 1013, True, False, "CONNECTION_ERROR"),
     (MessageError, "message", 1003, False, False, "MESSAGE_ERROR"),
     (BackendError, "backend", 1011, True, False, "BACKEND_UNAVAILABLE"),
+    (DeliveryError, "backend", 1011, True, False, "DELIVERY_SHORTFALL"),
     (TimeoutError, "system", 1013, True, False, "TIMEOUT"),
     (SystemError, "system", 1011, False, False, "INTERNAL_ERROR"),
 ]
@@ -263,3 +265,17 @@ def test_library_errors_do_not_replace_builtins() -> None:
 
 def test_repr() -> None:
     assert repr(ValidationError("bad", error_code="INVALID_NAME")) == "ValidationError(INVALID_NAME: 'bad')"
+
+
+def test_a_remote_error_is_rebuilt_with_its_class_code_and_details() -> None:
+    from fastapi_channels.exceptions import AuthorizationError, error_from_response
+
+    original = AuthorizationError("not allowed", error_code="JOIN_FORBIDDEN", details={"group": "g"})
+    rebuilt = error_from_response(original.to_response().to_dict())
+    assert type(rebuilt) is AuthorizationError
+    assert (rebuilt.error_code, rebuilt.message, rebuilt.details) == (
+        "JOIN_FORBIDDEN",
+        "not allowed",
+        {"group": "g"},
+    )
+    assert type(error_from_response({"category": "nonsense"})) is SystemError

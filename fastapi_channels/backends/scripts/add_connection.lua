@@ -1,44 +1,59 @@
 -- Take a connection slot under the per-user and the total limit, atomically.
--- KEYS[1] servers zset, KEYS[2] the user's slot set (ignored when the user id is ""),
--- KEYS[3] this server's connection hash (channel -> user id)
+-- KEYS[1] servers zset, KEYS[2] the user's hash server -> count (ignored when the user id is
+-- ""), KEYS[3] this server's connection hash (channel -> user id), KEYS[4] epoch hash
 -- ARGV[1] server id, ARGV[2] channel name, ARGV[3] user id ("" if none)
 -- ARGV[4] max per user, ARGV[5] max total, ARGV[6] key prefix
--- Returns 0 accepted, 1 user limit, 2 total limit.
--- Slots of servers whose liveness key expired do not count (the reaper removes them later).
-local prefix = ARGV[6]
-local function alive(server)
-  return server == ARGV[1] or redis.call('EXISTS', prefix .. 'alive:' .. server) == 1
+-- ARGV[7] epoch known to the caller, ARGV[8] a fresh epoch id, ARGV[9] resync window ms
+-- ARGV[10] 'new' (a connection asking to be admitted) or 'reassert' (one this server already
+-- holds, written back after Redis lost it)
+-- Returns {code, epoch id}: 0 accepted, 1 user limit, 2 total limit, 3 state being rebuilt.
+-- O(servers): slots are counted per server, never per connection.
+local prefix, server, channel, user = ARGV[6], ARGV[1], ARGV[2], ARGV[3]
+local id, trusted = epoch(KEYS[4], ARGV[7], ARGV[8], tonumber(ARGV[9]), now_ms())
+local reassert = ARGV[10] == 'reassert'
+if not trusted and not reassert then
+  -- Other servers may not have written their connections back yet: limits cannot be checked.
+  return {3, id}
 end
 
-if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
-  return 0
+local previous = redis.call('HGET', KEYS[3], channel)
+if previous then
+  if reassert then
+    return {0, id}
+  end
+  -- Left by an earlier process with this server id: its slot is not this connection's.
+  redis.call('HDEL', KEYS[3], channel)
+  if previous ~= '' then
+    local user_key = prefix .. 'users:' .. previous
+    if redis.call('HINCRBY', user_key, server, -1) <= 0 then
+      redis.call('HDEL', user_key, server)
+    end
+  end
 end
 
 local total = 0
-for _, server in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if alive(server) then
-    total = total + redis.call('HLEN', prefix .. 'srv:' .. server .. ':conns')
+for _, other in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if other == server or is_alive(prefix, other) then
+    total = total + redis.call('HLEN', prefix .. 'srv:' .. other .. ':conns')
   end
 end
 if total >= tonumber(ARGV[5]) then
-  return 2
+  return {2, id}
 end
 
-if ARGV[3] ~= '' then
+if user ~= '' then
   local held = 0
-  for _, channel in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    local server = string.match(channel, '^(.-)!')
-    if server and alive(server) then
-      held = held + 1
-    else
-      redis.call('SREM', KEYS[2], channel)
+  local fields = redis.call('HGETALL', KEYS[2])
+  for i = 1, #fields, 2 do
+    if fields[i] == server or is_alive(prefix, fields[i]) then
+      held = held + tonumber(fields[i + 1])
     end
   end
   if held >= tonumber(ARGV[4]) then
-    return 1
+    return {1, id}
   end
-  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], server, 1)
 end
 
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-return 0
+redis.call('HSET', KEYS[3], channel, user)
+return {0, id}

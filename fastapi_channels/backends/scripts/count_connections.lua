@@ -1,8 +1,8 @@
--- Connections across the cluster: the connection hashes of live servers.
+-- Connections across the cluster: the connection hashes of live servers. O(servers).
 -- KEYS[1] servers zset; ARGV[1] key prefix
 local total = 0
 for _, server in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('EXISTS', ARGV[1] .. 'alive:' .. server) == 1 then
+  if is_alive(ARGV[1], server) then
     total = total + redis.call('HLEN', ARGV[1] .. 'srv:' .. server .. ':conns')
   end
 end

@@ -1,16 +1,20 @@
 -- Add a member to a group; refuse a new group when the cluster already has max_groups.
--- KEYS[1] group member set, KEYS[2] group index zset (name -> expiry ms), KEYS[3] this server's memberships set
--- ARGV[1] group, ARGV[2] channel, ARGV[3] max groups, ARGV[4] group expiry seconds, ARGV[5] membership entry
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- KEYS[1] group member set, KEYS[2] group index zset (name -> expiry ms), KEYS[3] this
+-- server's memberships set, KEYS[4] the group's hash server -> member count
+-- ARGV[1] group, ARGV[2] channel, ARGV[3] max groups, ARGV[4] group expiry seconds,
+-- ARGV[5] membership entry, ARGV[6] server id
+local now = now_ms()
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
     return 0
   end
 end
-redis.call('SADD', KEYS[1], ARGV[2])
+if redis.call('SADD', KEYS[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]) * 1000, ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[5])
 return 1

@@ -4,18 +4,16 @@
 -- Returns the number of entries reclaimed; the caller repeats while it is positive.
 local prefix = ARGV[1]
 local batch = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local done = 0
-for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
-  if redis.call('EXISTS', prefix .. 'alive:' .. server) == 0 then
+for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
+  if not is_alive(prefix, server) then
     local conns_key = prefix .. 'srv:' .. server .. ':conns'
     local members_key = prefix .. 'srv:' .. server .. ':members'
     local fields = redis.call('HRANDFIELD', conns_key, batch, 'WITHVALUES')
     for i = 1, #fields, 2 do
       local channel, user = fields[i], fields[i + 1]
       if user ~= '' then
-        redis.call('SREM', prefix .. 'users:' .. user, channel)
+        redis.call('HDEL', prefix .. 'users:' .. user, server)
       end
       redis.call('HDEL', conns_key, channel)
       done = done + 1
@@ -24,9 +22,11 @@ for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
       local group, channel = string.match(entry, '^(.-)|(.*)$')
       if group then
         local group_key = prefix .. 'group:' .. group
+        local counts_key = prefix .. 'gsrv:' .. group
         redis.call('SREM', group_key, channel)
+        redis.call('HDEL', counts_key, server)
         if redis.call('SCARD', group_key) == 0 then
-          redis.call('DEL', group_key)
+          redis.call('DEL', group_key, counts_key)
           redis.call('ZREM', KEYS[2], group)
         end
       end

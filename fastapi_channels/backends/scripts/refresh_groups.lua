@@ -1,10 +1,10 @@
 -- Keep the groups this server has members in from expiring while they are in use.
 -- KEYS[1] group index zset; ARGV[1] key prefix, ARGV[2] group expiry seconds, ARGV[3..] group names
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local expiry = tonumber(ARGV[2])
 for i = 3, #ARGV do
   if redis.call('EXPIRE', ARGV[1] .. 'group:' .. ARGV[i], expiry) == 1 then
+    redis.call('EXPIRE', ARGV[1] .. 'gsrv:' .. ARGV[i], expiry)
     redis.call('ZADD', KEYS[1], now + expiry * 1000, ARGV[i])
   end
 end

@@ -1,0 +1,304 @@
+"""PubSubReader: the one pub/sub connection of a server, and the truth about what it hears.
+
+It keeps the topics the server *wants* apart from the ones Redis has *confirmed* on the
+current connection. Every (re)connect subscribes to every wanted topic in one command and
+counts the acknowledgements; `subscribe()` returns only once its topic is confirmed (or
+raises), and no lock is held while it waits, so one slow confirmation never queues others.
+
+Not for cluster state or publishing: `redis_state` and the backend do that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from fastapi_channels.exceptions import BackendError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+__all__ = ["PubSubReader", "ReaderState"]
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF_CAP = 0.25
+"""Longest pause between two failed reconnect attempts: a refused localhost connect costs
+microseconds, and every pause is time in which this server hears nothing."""
+
+MAX_WAITERS_PER_TOPIC = 10_000
+"""Callers waiting for one topic's confirmation; past it `subscribe` fails at once."""
+
+
+class ReaderState(StrEnum):
+    CONNECTING = "connecting"  # a connection attempt (or its subscriptions) is under way
+    READY = "ready"  # every wanted topic was confirmed on the current connection
+    DOWN = "down"  # the last attempt failed: Redis is unreachable
+
+
+class PubSubReader:
+    """Owns the pub/sub connection: subscribe, confirm, dispatch, reconnect, probe."""
+
+    def __init__(
+        self,
+        client: Callable[[], Redis],
+        *,
+        channel_prefix: str,
+        probe_channel: str,
+        on_message: Callable[[str, bytes], None],
+        on_event: Callable[[str, BaseException | None], None],
+        confirm_timeout: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._prefix = channel_prefix
+        self._probe = probe_channel.encode()
+        self._on_message = on_message
+        self._on_event = on_event
+        self.confirm_timeout = confirm_timeout
+        self.wanted: set[str] = set()
+        self.confirmed: set[str] = set()
+        self.state = ReaderState.CONNECTING
+        self.ready_at = 0.0
+        self.probe_seen = 0.0
+        self._topic_of: dict[bytes, str] = {}
+        self._on_wire: dict[str, bool] = {}  # what the last command sent for a topic asked for
+        self._unacked: dict[str, int] = {}  # commands sent for a topic, not yet acknowledged
+        self._initial: set[bytes] = set()  # channels of the connect-time SUBSCRIBE not yet acked
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._pubsub: PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = False
+        self._ever_ready = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect and wait for the first confirmation; BackendError when Redis does not answer."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="fastapi-channels-redis-reader")
+        deadline = time.monotonic() + 2 * self.confirm_timeout
+        while self.state is not ReaderState.READY:
+            if self.state is ReaderState.DOWN or time.monotonic() > deadline or self._task.done():
+                await self.stop()
+                raise BackendError(
+                    "Redis pub/sub did not confirm the subscriptions",
+                    error_code="BACKEND_UNAVAILABLE",
+                    component="redis",
+                )
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._close(self._pubsub)
+        self._fail_waiters(BackendError("the Redis backend stopped", error_code="BACKEND_NOT_STARTED"))
+        self.wanted.clear()
+        self.confirmed.clear()
+        self._topic_of.clear()
+        self._on_wire.clear()
+        self._unacked.clear()
+
+    def reconnect(self, reason: BaseException) -> None:
+        """Drop the current connection and start again (used when the probe finds it deaf)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        self._mark_lost(reason)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="fastapi-channels-redis-reader")
+
+    # --- topics --------------------------------------------------------------------------------
+    def channel(self, topic: str) -> bytes:
+        return (self._prefix + topic).encode()
+
+    async def subscribe(self, topic: str) -> None:
+        """Want `topic` and return once Redis confirmed it, or once it is no longer wanted.
+
+        Raises BackendError when Redis is unreachable or does not confirm in time; the topic
+        stays wanted, so the next reconnect subscribes it (the caller decides whether to undo).
+        """
+        self.wanted.add(topic)
+        self._topic_of[self.channel(topic)] = topic
+        if self._on_wire.get(topic) is not True and self.state is not ReaderState.DOWN:
+            await self._send(topic, subscribe=True)
+        if self._is_confirmed(topic):
+            return
+        if self.state is ReaderState.DOWN:
+            raise BackendError(
+                f"cannot subscribe to {topic!r}: Redis is unreachable",
+                error_code="BACKEND_UNAVAILABLE",
+                component="redis",
+            )
+        waiters = self._waiters.setdefault(topic, [])
+        if len(waiters) >= MAX_WAITERS_PER_TOPIC:
+            raise BackendError("too many callers waiting for one subscription", component="redis")
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.confirm_timeout)
+        except TimeoutError:
+            raise BackendError(
+                f"subscription to {topic!r} not confirmed within {self.confirm_timeout:g}s",
+                error_code="SUBSCRIBE_TIMEOUT",
+                component="redis",
+            ) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+            if not waiters and self._waiters.get(topic) is waiters:
+                del self._waiters[topic]
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop wanting `topic` (idempotent); anyone waiting for it returns."""
+        self.wanted.discard(topic)
+        self._resolve(topic)
+        if self._on_wire.get(topic) is True:
+            await self._send(topic, subscribe=False)
+
+    def listening(self, topic: str) -> bool:
+        return self.state is ReaderState.READY and self._is_confirmed(topic)
+
+    def _is_confirmed(self, topic: str) -> bool:
+        return topic in self.confirmed and not self._unacked.get(topic)
+
+    async def _send(self, topic: str, *, subscribe: bool) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            return  # the connect-time SUBSCRIBE covers every wanted topic
+        self._on_wire[topic] = subscribe
+        self._unacked[topic] = self._unacked.get(topic, 0) + 1
+        channel = self.channel(topic)
+        try:
+            if subscribe:
+                await pubsub.subscribe(channel)
+            else:
+                await pubsub.unsubscribe(channel)
+        except Exception as exc:
+            # The connection broke under us: the reader sees it too and reconnects.
+            logger.debug("%s of %s not sent: %r", "subscribe" if subscribe else "unsubscribe", topic, exc)
+
+    def _resolve(self, topic: str) -> None:
+        for waiter in self._waiters.pop(topic, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for waiter in futures:
+                if not waiter.done():
+                    waiter.set_exception(error)
+
+    # --- the read loop -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            pubsub = self._client().pubsub()
+            try:
+                await self._connect(pubsub)
+                await self._dispatch(pubsub)
+            except asyncio.CancelledError:
+                await self._close(pubsub)
+                raise
+            except Exception as exc:
+                await self._close(pubsub)
+                self._mark_lost(exc)
+                if failures:
+                    # Unreachable: callers are told at once instead of waiting for a deadline.
+                    self.state = ReaderState.DOWN
+                    self._fail_waiters(BackendError(f"Redis is unreachable: {exc}", component="redis"))
+                    await asyncio.sleep(min(RECONNECT_BACKOFF_CAP, 0.02 * 2**failures))
+                failures = min(failures + 1, 16)
+            else:
+                failures = 0
+
+    async def _connect(self, pubsub: PubSub) -> None:
+        """Subscribe every wanted topic (and the probe) in one command on a new connection."""
+        self.state = ReaderState.CONNECTING
+        self.confirmed.clear()
+        topics = sorted(self.wanted)
+        channels = [self._probe, *(self.channel(topic) for topic in topics)]
+        self._on_wire = dict.fromkeys(topics, True)
+        self._unacked = dict.fromkeys(topics, 1)
+        self._initial = set(channels)
+        await pubsub.subscribe(*channels)
+        self._pubsub = pubsub
+        # Wants that changed while that command was on its way.
+        for topic in [t for t in self.wanted if not self._on_wire.get(t)]:
+            await self._send(topic, subscribe=True)
+        for topic in [t for t, on in self._on_wire.items() if on and t not in self.wanted]:
+            await self._send(topic, subscribe=False)
+
+    async def _dispatch(self, pubsub: PubSub) -> None:
+        handler = self._on_message
+        topic_of = self._topic_of
+        probe = self._probe
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            channel = message["channel"]
+            if kind == "message":
+                topic = topic_of.get(channel)
+                if topic is not None:
+                    handler(topic, message["data"])
+                elif channel == probe:
+                    self.probe_seen = time.monotonic()
+            elif kind == "subscribe" or kind == "unsubscribe":
+                self._acknowledged(channel)
+
+    def _acknowledged(self, channel: bytes) -> None:
+        topic = self._topic_of.get(channel)
+        if topic is not None:
+            left = self._unacked.get(topic, 0) - 1
+            if left > 0:
+                self._unacked[topic] = left
+            else:
+                self._unacked.pop(topic, None)
+                if self._on_wire.get(topic):
+                    self.confirmed.add(topic)
+                    self._resolve(topic)
+                else:
+                    self.confirmed.discard(topic)
+                    self._on_wire.pop(topic, None)
+                    if topic not in self.wanted:
+                        self._topic_of.pop(channel, None)
+        initial = self._initial
+        if initial:
+            initial.discard(channel)
+            if not initial:
+                self._ready()
+
+    def _ready(self) -> None:
+        self.state = ReaderState.READY
+        self.ready_at = time.monotonic()
+        self._ever_ready = True
+        if self._lost:
+            self._lost = False
+            logger.warning("Redis pub/sub connection restored: %d topics confirmed", len(self.confirmed))
+            self._on_event("recovered", None)
+
+    def _mark_lost(self, exc: BaseException) -> None:
+        if self.state is not ReaderState.DOWN:
+            self.state = ReaderState.CONNECTING
+        self.confirmed.clear()
+        self._initial = set()
+        if not self._lost and self._ever_ready:
+            self._lost = True
+            logger.error("lost the Redis pub/sub connection (%s): reconnecting", exc)
+            self._on_event("lost", exc)
+
+    async def _close(self, pubsub: PubSub | None) -> None:
+        if pubsub is None:
+            return
+        if self._pubsub is pubsub:
+            self._pubsub = None
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,308 @@
+"""ClusterState: what the servers of a cluster know of each other, kept in Redis by Lua scripts.
+
+Connection slots, group memberships, liveness and the epoch of that state. Every script on
+a connect, join or send path costs O(servers) at most, never O(members): counts are kept per
+server as they change. This server's own entries are mirrored here so they can be written
+back, under the same limits, when Redis loses them.
+
+Not for pub/sub: `redis_reader` listens, the backend publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from fastapi_channels.backends.base import Admission
+from fastapi_channels.backends.redis_keys import RedisKeys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["ClusterState"]
+
+logger = logging.getLogger(__name__)
+
+_SCRIPTS = (
+    "add_connection",
+    "remove_connection",
+    "count_connections",
+    "sum_live",
+    "live_servers",
+    "group_add",
+    "group_discard",
+    "count_groups",
+    "heartbeat",
+    "reap",
+    "refresh_groups",
+    "publish",
+)
+_REAP_BATCH = 500
+_REAP_ROUNDS_PER_TICK = 20
+_REFRESH_CHUNK = 500
+_REASSERT_CHUNK = 500
+_ADMISSION = {
+    0: Admission.ACCEPTED,
+    1: Admission.USER_LIMIT,
+    2: Admission.TOTAL_LIMIT,
+    3: Admission.UNVERIFIED,
+}
+
+
+def load_script(name: str) -> str:
+    """A script's source, with the shared helpers (`_lib.lua`) in front of it."""
+    folder = resources.files("fastapi_channels.backends") / "scripts"
+    return (folder / "_lib.lua").read_text() + (folder / f"{name}.lua").read_text()
+
+
+class ClusterState:
+    """The cluster-state scripts of one server, and the mirror of its own entries."""
+
+    def __init__(
+        self,
+        keys: RedisKeys,
+        *,
+        registry_expiry: int,
+        group_expiry: int,
+        resync_window: float,
+    ) -> None:
+        self.keys = keys
+        self.registry_expiry = registry_expiry
+        self.group_expiry = group_expiry
+        self.resync_window_ms = int(resync_window * 1000)
+        self.epoch = ""  # the epoch of the state this server last wrote or read
+        self.epoch_changes = 0
+        self.rewrites = 0
+        self.limits: tuple[int, int] = (2**31, 2**31)  # per user, total: set by add_connection
+        self.conns: dict[str, str] = {}  # channel -> user id ("" if anonymous)
+        self.memberships: set[tuple[str, str]] = set()
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._last_group_refresh = 0.0
+
+    def bind(self, client: Redis) -> None:
+        self._client = client
+        self._scripts = {name: client.register_script(load_script(name)) for name in _SCRIPTS}
+
+    @property
+    def client(self) -> Redis:
+        assert self._client is not None, "ClusterState.bind() first"
+        return self._client
+
+    def script(self, name: str) -> AsyncScript:
+        return self._scripts[name]
+
+    def epoch_args(self) -> list[Any]:
+        """The arguments every epoch-aware script takes: known epoch, a fresh id, the window."""
+        return [self.epoch, uuid.uuid4().hex[:16], self.resync_window_ms]
+
+    def learn_epoch(self, epoch: bytes | str) -> bool:
+        """Record the epoch a script answered with; True when it is not the one we knew."""
+        value = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        changed = bool(self.epoch) and value != self.epoch
+        if changed:
+            self.epoch_changes += 1
+            logger.error("Redis lost the cluster state (epoch %s -> %s)", self.epoch, value)
+        self.epoch = value
+        return changed
+
+    # --- connections ---------------------------------------------------------------------------
+    async def add_connection(
+        self, channel_name: str, user_id: str | None, *, max_per_user: int, max_total: int
+    ) -> Admission:
+        self.limits = (max_per_user, max_total)
+        admission = await self._admit(channel_name, user_id or "", "new")
+        if admission is Admission.ACCEPTED:
+            self.conns[channel_name] = user_id or ""
+        return admission
+
+    def _admit_call(self, channel_name: str, user: str, mode: str) -> tuple[list[Any], list[Any]]:
+        keys = self.keys
+        max_per_user, max_total = self.limits
+        return (
+            [keys.servers, keys.user(user) if user else keys.conns, keys.conns, keys.epoch],
+            [
+                keys.server_id,
+                channel_name,
+                user,
+                max_per_user,
+                max_total,
+                keys.prefix,
+                *self.epoch_args(),
+                mode,
+            ],
+        )
+
+    async def _admit(self, channel_name: str, user: str, mode: str) -> Admission:
+        code, epoch = await self._scripts["add_connection"](*self._admit_call(channel_name, user, mode))
+        self.learn_epoch(epoch)
+        return _ADMISSION[int(code)]
+
+    async def remove_connection(self, channel_name: str, user_id: str | None) -> None:
+        user = user_id or ""
+        self.conns.pop(channel_name, None)
+        keys = self.keys
+        await self._scripts["remove_connection"](
+            keys=[keys.user(user) if user else keys.conns, keys.conns],
+            args=[channel_name, user, keys.server_id],
+        )
+
+    async def count_connections(self) -> int:
+        return int(
+            await self._scripts["count_connections"](keys=[self.keys.servers], args=[self.keys.prefix])
+        )
+
+    async def count_user_connections(self, user_id: str) -> int:
+        return int(await self._scripts["sum_live"](keys=[self.keys.user(user_id)], args=[self.keys.prefix]))
+
+    # --- groups --------------------------------------------------------------------------------
+    async def group_add(self, group: str, channel_name: str, *, max_groups: int) -> bool:
+        added = await self._group_add(group, channel_name, max_groups)
+        if added:
+            self.memberships.add((group, channel_name))
+        return added
+
+    def _group_add_call(self, group: str, channel_name: str, max_groups: int) -> tuple[list[Any], list[Any]]:
+        keys = self.keys
+        return (
+            [keys.group(group), keys.groups, keys.members, keys.group_servers(group)],
+            [
+                group,
+                channel_name,
+                max_groups,
+                self.group_expiry,
+                keys.membership(group, channel_name),
+                keys.server_id,
+            ],
+        )
+
+    async def _group_add(self, group: str, channel_name: str, max_groups: int) -> bool:
+        return bool(await self._scripts["group_add"](*self._group_add_call(group, channel_name, max_groups)))
+
+    async def group_discard(self, group: str, channel_name: str) -> None:
+        keys = self.keys
+        self.memberships.discard((group, channel_name))
+        await self._scripts["group_discard"](
+            keys=[keys.group(group), keys.groups, keys.members, keys.group_servers(group)],
+            args=[group, channel_name, keys.membership(group, channel_name), keys.server_id],
+        )
+
+    async def group_members(self, group: str) -> set[str]:
+        # Listing is O(members) by nature: done here, so Redis only answers two cheap reads.
+        members = await self.client.smembers(self.keys.group(group))
+        if not members:
+            return set()
+        live = {
+            s.decode()
+            for s in await self._scripts["live_servers"](keys=[self.keys.servers], args=[self.keys.prefix])
+        }
+        names = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        return {name for name in names if name.partition("!")[0] in live}
+
+    async def group_size(self, group: str) -> int:
+        return int(
+            await self._scripts["sum_live"](keys=[self.keys.group_servers(group)], args=[self.keys.prefix])
+        )
+
+    async def count_groups(self) -> int:
+        return int(await self._scripts["count_groups"](keys=[self.keys.groups]))
+
+    # --- liveness, reaping, writing back ---------------------------------------------------------
+    async def heartbeat(self) -> bool:
+        """Refresh liveness; True when this server's state had to be written back."""
+        keys = self.keys
+        existed, epoch = await self._scripts["heartbeat"](
+            keys=[keys.alive, keys.servers, keys.epoch],
+            args=[self.registry_expiry, keys.server_id, *self.epoch_args()],
+        )
+        changed = self.learn_epoch(epoch)
+        return bool((not existed or changed) and (self.conns or self.memberships))
+
+    async def rewrite(self) -> list[tuple[str, Admission]]:
+        """Write this server's connections and memberships back, under the limits.
+
+        Returns the connections that no longer fit (their user is at the limit on other
+        servers, which wrote their state back first): the caller closes them.
+        """
+        self.rewrites += 1
+        logger.warning(
+            "writing %d connections and %d memberships back to Redis", len(self.conns), len(self.memberships)
+        )
+        refused: list[tuple[str, Admission]] = []
+        conns = list(self.conns.items())
+        for start in range(0, len(conns), _REASSERT_CHUNK):
+            chunk = conns[start : start + _REASSERT_CHUNK]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for channel, user in chunk:
+                    await self._scripts["add_connection"](
+                        *self._admit_call(channel, user, "reassert"), client=pipe
+                    )
+                answers = await pipe.execute()
+            for (channel, _), (code, epoch) in zip(chunk, answers, strict=True):
+                self.learn_epoch(epoch)
+                admission = _ADMISSION[int(code)]
+                if admission is not Admission.ACCEPTED:
+                    refused.append((channel, admission))
+        dropped = {channel for channel, _ in refused}
+        for channel in dropped:
+            self.conns.pop(channel, None)
+        memberships = [m for m in self.memberships if m[1] not in dropped]
+        for start in range(0, len(memberships), _REASSERT_CHUNK):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for group, channel in memberships[start : start + _REASSERT_CHUNK]:
+                    # Memberships held before the loss are kept whatever MAX_TOTAL_GROUPS says.
+                    await self._scripts["group_add"](
+                        *self._group_add_call(group, channel, 2**31), client=pipe
+                    )
+                await pipe.execute()
+        # A connection closed (or a membership dropped) while this ran was just written back:
+        # remove it again, so the last word is the one that matches this server.
+        for channel, user in conns:
+            if channel not in self.conns and channel not in dropped:
+                await self.remove_connection(channel, user)
+        for group, channel in memberships:
+            if (group, channel) not in self.memberships:
+                await self.group_discard(group, channel)
+        return refused
+
+    async def reap(self) -> None:
+        reap = self._scripts["reap"]
+        for _ in range(_REAP_ROUNDS_PER_TICK):
+            if not await reap(
+                keys=[self.keys.servers, self.keys.groups], args=[self.keys.prefix, _REAP_BATCH]
+            ):
+                return
+
+    async def refresh_groups_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_group_refresh >= max(1.0, self.group_expiry / 3):
+            await self.refresh_groups()
+            self._last_group_refresh = now
+
+    async def refresh_groups(self) -> None:
+        groups = sorted({group for group, _ in self.memberships})
+        script = self._scripts["refresh_groups"]
+        for start in range(0, len(groups), _REFRESH_CHUNK):
+            chunk = groups[start : start + _REFRESH_CHUNK]
+            await script(keys=[self.keys.groups], args=[self.keys.prefix, self.group_expiry, *chunk])
+
+    async def retire(self) -> None:
+        """Leave nothing behind: mark this server dead now and reap its entries."""
+        keys = self.keys
+        await self.client.delete(keys.alive)
+        await self.client.zadd(keys.servers, {keys.server_id: 0})
+        for _ in range(1000):
+            if not await self._scripts["reap"](
+                keys=[keys.servers, keys.groups], args=[keys.prefix, _REAP_BATCH]
+            ):
+                break
+        await self.client.zrem(keys.servers, keys.server_id)
+
+    def clear(self) -> None:
+        self.conns.clear()
+        self.memberships.clear()
+        self.epoch = ""

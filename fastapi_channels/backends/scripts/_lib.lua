@@ -1,0 +1,50 @@
+-- Shared by the scripts that need them; prepended to a script when it is loaded.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function is_alive(prefix, server)
+  return redis.call('EXISTS', prefix .. 'alive:' .. server) == 1
+end
+
+-- The incarnation of the cluster state. A missing epoch key means Redis lost its data (or
+-- this is the first server ever): the first caller makes a new one. When a caller that knew
+-- an older epoch meets a new one, the state was lost, and until `window` ms after its birth
+-- the servers may still be writing theirs back: nothing read from it can be trusted yet.
+-- Returns the epoch id and whether the state is trustworthy now.
+local function epoch(key, known, fresh, window, now)
+  local id, born, lost = unpack(redis.call('HMGET', key, 'id', 'born', 'lost'))
+  if not id then
+    id, born = fresh, now
+    redis.call('HSET', key, 'id', id, 'born', born)
+    if known ~= '' then
+      lost = '1'
+      redis.call('HSET', key, 'lost', lost)
+    end
+  elseif known ~= '' and known ~= id and lost ~= '1' then
+    lost = '1'
+    redis.call('HSET', key, 'lost', lost)
+  end
+  if lost == '1' and now < tonumber(born) + window then
+    return id, false
+  end
+  return id, true
+end
+
+-- Live servers with a positive count in a hash server -> count, and the sum of their counts.
+-- Dead servers' fields are left for the reaper. O(servers), never O(members).
+local function live_counts(prefix, key)
+  local fields = redis.call('HGETALL', key)
+  local servers, total = 0, 0
+  for i = 1, #fields, 2 do
+    local count = tonumber(fields[i + 1])
+    if count > 0 and is_alive(prefix, fields[i]) then
+      servers = servers + 1
+      total = total + count
+    end
+  end
+  return servers, total
+end
+

@@ -1,0 +1,41 @@
+-- Publish one envelope and report whether every server that should hear it did.
+-- KEYS[1] epoch hash, KEYS[2] the topic's audience: a hash server -> count (group or user
+-- topic), the servers zset (broadcast) or the owner's liveness key (inbox)
+-- ARGV[1] channel, ARGV[2] payload, ARGV[3] audience kind: 'counts' | 'servers' | 'owner'
+-- ARGV[4] key prefix, ARGV[5] epoch known to the caller ('' if none), ARGV[6] a fresh epoch
+-- id, ARGV[7] resync window ms, ARGV[8] '1' to always count the audience exactly
+-- Returns {reached, expected (-1 while the state is being rebuilt), connections, epoch id}.
+-- PUBLISH returns how many subscribers got the message: one pub/sub connection per server.
+local prefix = ARGV[4]
+local now = now_ms()
+local id, trusted = epoch(KEYS[1], ARGV[5], ARGV[6], tonumber(ARGV[7]), now)
+local reached = redis.call('PUBLISH', ARGV[1], ARGV[2])
+local kind = ARGV[3]
+local expected, total = 0, 0
+if kind == 'counts' then
+  if ARGV[8] == '1' then
+    expected, total = live_counts(prefix, KEYS[2])
+  else
+    expected = redis.call('HLEN', KEYS[2])
+    if reached < expected then
+      -- Servers that died but are not reaped yet are not owed anything.
+      expected, total = live_counts(prefix, KEYS[2])
+    end
+  end
+elseif kind == 'servers' then
+  for _, server in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if is_alive(prefix, server) then
+      local held = redis.call('HLEN', prefix .. 'srv:' .. server .. ':conns')
+      if held > 0 then
+        expected = expected + 1
+        total = total + held
+      end
+    end
+  end
+else
+  expected = redis.call('EXISTS', KEYS[2])
+end
+if not trusted and not (kind == 'owner' and reached > 0) then
+  expected = -1
+end
+return {reached, expected, total, id}
