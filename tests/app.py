@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sys
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,8 +27,9 @@ def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, Conne
     app = FastAPI(lifespan=lifespan)
 
     @app.websocket("/ws/{user_id}")
-    async def endpoint(websocket: WebSocket, user_id: str) -> None:
-        connection = await manager.connect(websocket, user_id=user_id)
+    async def endpoint(websocket: WebSocket, user_id: str, cid: str | None = None) -> None:
+        """`?cid=<id>` connects with that connection id (the channel name ends with it)."""
+        connection = await manager.connect(websocket, user_id=user_id, connection_id=cid)
         name = connection.channel_name
         await manager.send_personal(name, {"type": "hello", "channel_name": name})
         try:
@@ -42,6 +44,12 @@ def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, Conne
         except Exception:
             await manager.disconnect(name, 1011)
 
+    async def acknowledge(command: dict[str, Any], name: str, **extra: Any) -> None:
+        """With `"ack": <value>` in a send command: `{"type": "sent", "ack": <value>}` once the
+        send has returned normally (an error is answered with an error frame instead)."""
+        if "ack" in command:
+            await manager.send_personal(name, {"type": "sent", "ack": command["ack"], **extra})
+
     async def run(command: dict[str, Any], name: str) -> None:
         op = command.get("op")
         data = command.get("data")
@@ -53,15 +61,30 @@ def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, Conne
             await manager.send_personal(name, {"type": "left", "group": command["group"]})
         elif op == "group":
             await manager.send_to_group(command["group"], {"type": "group", "data": data})
+            await acknowledge(command, name)
         elif op == "group_except":
             await manager.send_group_except(command["group"], {"type": "group", "data": data}, name)
         elif op == "user":
             count = await manager.send_to_user(command["user"], {"type": "user", "data": data})
-            await manager.send_personal(name, {"type": "user_sent", "count": count})
+            if "ack" in command:
+                await acknowledge(command, name, count=count)
+            else:
+                await manager.send_personal(name, {"type": "user_sent", "count": count})
         elif op == "personal":
             await manager.send_personal(command["to"], {"type": "personal", "data": data})
         elif op == "broadcast":
             await manager.broadcast({"type": "broadcast", "data": data})
+            await acknowledge(command, name)
+        elif op in ("group_then_personal", "user_then_personal", "broadcast_then_personal"):
+            # One sender, two sends in a row: the second must not overtake the first.
+            kind = op.removesuffix("_then_personal")
+            if kind == "group":
+                await manager.send_to_group(command["group"], {"type": "group", "data": data})
+            elif kind == "user":
+                await manager.send_to_user(command["user"], {"type": "user", "data": data})
+            else:
+                await manager.broadcast({"type": "broadcast", "data": data})
+            await manager.send_personal(name, {"type": "personal", "data": data})
         elif op == "disconnect":
             await manager.disconnect(command["channel"], command.get("code", 1000))
         elif op == "echo":
@@ -114,5 +137,12 @@ def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, Conne
 
 
 def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory tests.app:app_from_env`: configuration from the environment."""
-    return create_app(WSConfig())[0]
+    """Factory for `uvicorn --factory tests.app:app_from_env`: configuration from the environment.
+
+    `TEST_FORBIDDEN_GROUPS=a,b` installs an `authorize_join` that refuses those groups.
+    """
+    forbidden = {group for group in os.environ.get("TEST_FORBIDDEN_GROUPS", "").split(",") if group}
+    options: dict[str, Any] = {}
+    if forbidden:
+        options["authorize_join"] = lambda _connection, group: group not in forbidden
+    return create_app(WSConfig(), **options)[0]

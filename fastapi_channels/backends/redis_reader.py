@@ -197,7 +197,7 @@ class PubSubReader:
 
     # --- the read loop -------------------------------------------------------------------------
     async def _run(self) -> None:
-        failures = 0
+        failures = 0  # failed attempts since the connection was last confirmed
         while True:
             pubsub = self._client().pubsub()
             try:
@@ -207,16 +207,26 @@ class PubSubReader:
                 await self._close(pubsub)
                 raise
             except Exception as exc:
+                was_ready = self.state is ReaderState.READY
                 await self._close(pubsub)
                 self._mark_lost(exc)
-                if failures:
-                    # Unreachable: callers are told at once instead of waiting for a deadline.
+                if was_ready:
+                    failures = 0
+                    continue  # the first attempt goes at once: Redis may well answer
+                failures = min(failures + 1, 16)
+                logger.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "Redis pub/sub reconnect attempt %d failed: %s",
+                    failures,
+                    exc,
+                )
+                if failures >= 2:
+                    # Two attempts in a row failed: Redis is unreachable, and callers are told
+                    # at once instead of waiting for a deadline. (One failed attempt right
+                    # after a loss can be a stale pooled connection.)
                     self.state = ReaderState.DOWN
                     self._fail_waiters(BackendError(f"Redis is unreachable: {exc}", component="redis"))
-                    await asyncio.sleep(min(RECONNECT_BACKOFF_CAP, 0.02 * 2**failures))
-                failures = min(failures + 1, 16)
-            else:
-                failures = 0
+                await asyncio.sleep(min(RECONNECT_BACKOFF_CAP, 0.02 * 2**failures))
 
     async def _connect(self, pubsub: PubSub) -> None:
         """Subscribe every wanted topic (and the probe) in one command on a new connection."""
