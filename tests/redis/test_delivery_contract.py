@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -293,6 +294,7 @@ async def test_every_acknowledged_group_send_reaches_every_member_through_a_faul
     lost = await missing_acked(members, acked)
     record_property("acked", len(acked))
     record_property("errors", len(sender.errors))
+    record_property("errors_by_code", dict(Counter(error["error_code"] for error in sender.errors)))
     record_property("lost_per_member", {index: len(numbers) for index, numbers in lost.items()})
     assert any(member.closed is None for member in members), "every member was disconnected"
     assert not lost, (
