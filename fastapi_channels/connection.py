@@ -72,6 +72,7 @@ class Connection:
     __slots__ = (
         "_buffer",
         "_buffered_bytes",
+        "_close_hook",
         "_close_timeout",
         "_closer",
         "_coalescer",
@@ -148,6 +149,7 @@ class Connection:
         self._fast: Any = None  # a fastpath.FrameWriter when the server offers one
         self._coalescer = coalescer if coalescer is not None else WriteCoalescer()
         self._flush_scheduled = False
+        self._close_hook: Callable[[int], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.channel_name} user={self.user_id!r} {self.state}>"
@@ -164,6 +166,12 @@ class Connection:
             loop_body(), name=f"fastapi-channels-writer:{self.channel_name}"
         )
         self._writer.add_done_callback(self._writer_done)
+
+    def set_close_hook(self, hook: Callable[[int], Awaitable[None]] | None) -> None:
+        """Run `hook(code)` first when the connection closes, whoever closes it (the peer, the
+        heartbeat, a slow-consumer policy, `disconnect` on any server): while the connection
+        is still registered and a member of its groups. Bounded by WS_CLOSE_TIMEOUT."""
+        self._close_hook = hook
 
     def _watch_receive(self) -> None:
         # Wrapping the ASGI receive callable sees every frame however the app reads it
@@ -185,7 +193,8 @@ class Connection:
                 self._counters.bytes_received += len(payload)
             elif kind == "websocket.disconnect":
                 self._peer_gone = True
-                self.close(CloseCode.NORMAL_CLOSURE)
+                code = message.get("code")
+                self.close(code if isinstance(code, int) and code != 1006 else CloseCode.NORMAL_CLOSURE)
                 # Raise like Starlette's receive_text() does, so a loop over websocket.receive()
                 # (the README's endpoint) ends in its `except WebSocketDisconnect` branch.
                 self.websocket.client_state = WebSocketState.DISCONNECTED
@@ -390,7 +399,14 @@ class Connection:
         self.close(CloseCode.INTERNAL_ERROR, flush=False)
 
     async def _finish(self, code: int, reason: str, flush: bool) -> None:
-        # Unregister first: the user's slot and the group memberships are released at once,
+        hook = self._close_hook
+        if hook is not None:
+            self._close_hook = None
+            try:
+                await asyncio.wait_for(hook(code), self._close_timeout)
+            except Exception:
+                logger.exception("close hook of %s failed", self.channel_name)
+        # Unregister next: the user's slot and the group memberships are released at once,
         # whatever the socket does next (a client that never reads can stall the rest).
         try:
             await self._on_closed(self)

@@ -99,7 +99,14 @@ class ErrorContext:
 
 
 class BaseError(Exception):
-    """Root of the library's errors: a category, a stable code and what the client should do."""
+    """Root of the library's errors: a category, a stable code and what the client should do.
+
+    Built as the spec's errors are: `ValidationError("Room name is required")`,
+    `MessageError("unknown type", "UNKNOWN_TYPE")` (message, then error code), and by keyword
+    `category=`, `severity=`, `context=` (an ErrorContext), `details=`, `retryable=`,
+    `retry_after=`, `cause=` (the exception behind it), `ws_code=`, `disconnect=`, and the
+    context's fields `user_id=`, `connection_id=`, `message_type=`, `component=`, `metadata=`.
+    """
 
     category: ErrorCategory = ErrorCategory.SYSTEM
     severity: ErrorSeverity = ErrorSeverity.MEDIUM
@@ -111,8 +118,9 @@ class BaseError(Exception):
     def __init__(
         self,
         message: str = "",
-        *,
         error_code: str | None = None,
+        *,
+        category: ErrorCategory | None = None,
         severity: ErrorSeverity | None = None,
         ws_code: int | None = None,
         retryable: bool | None = None,
@@ -120,16 +128,20 @@ class BaseError(Exception):
         disconnect: bool | None = None,
         details: dict[str, Any] | None = None,
         context: ErrorContext | None = None,
+        cause: BaseException | None = None,
         user_id: str | None = None,
         connection_id: str | None = None,
         message_type: str | None = None,
         component: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message or self.default_code)
         self.message = message or self.default_code
         self.error_code = error_code or self.default_code
+        if category is not None:
+            self.category = ErrorCategory(category)
         if severity is not None:
-            self.severity = severity
+            self.severity = ErrorSeverity(severity)
         self.ws_code = int(ws_code if ws_code is not None else self.default_ws_code)
         self.retryable = self.default_retryable if retryable is None else retryable
         self.retry_after = retry_after
@@ -138,6 +150,11 @@ class BaseError(Exception):
         if retry_after is not None:
             self.details.setdefault("retry_after", retry_after)
         self.context = context or ErrorContext()
+        if metadata:
+            self.context.metadata.update(metadata)
+        self.cause = cause
+        if cause is not None:
+            self.__cause__ = cause
         for name, value in (
             ("user_id", user_id),
             ("connection_id", connection_id),
@@ -164,28 +181,38 @@ class BaseError(Exception):
 
 @dataclass(slots=True)
 class ErrorResponse:
-    """The error frame a client receives: `{"type": "error", ...}`."""
+    """The error frame a client receives: `{"type": "error", ...}` (`to_dict`).
+
+    `category` and `severity` are the enums (their values in the frame). The retry hints are
+    `retryable` and `retry_after` (seconds, also in the frame's `details`); `ws_code` is the
+    close code the connection ends with when the error disconnects (the close frame carries it,
+    not the error frame).
+    """
 
     error_code: str
     message: str
-    category: str
-    severity: str
+    category: ErrorCategory
+    severity: ErrorSeverity
     error_id: str
     timestamp: float
     retryable: bool
     details: dict[str, Any]
+    retry_after: float | None = None
+    ws_code: int = CloseCode.INTERNAL_ERROR
 
     @classmethod
     def from_error(cls, error: BaseError) -> ErrorResponse:
         return cls(
             error_code=error.error_code,
             message=error.message,
-            category=str(error.category),
-            severity=str(error.severity),
+            category=error.category,
+            severity=error.severity,
             error_id=error.context.error_id,
             timestamp=error.context.timestamp,
             retryable=error.retryable,
             details=dict(error.details),
+            retry_after=error.retry_after,
+            ws_code=error.ws_code,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,8 +220,8 @@ class ErrorResponse:
             "type": "error",
             "error_code": self.error_code,
             "message": self.message,
-            "category": self.category,
-            "severity": self.severity,
+            "category": str(self.category),
+            "severity": str(self.severity),
             "error_id": self.error_id,
             "timestamp": self.timestamp,
             "retryable": self.retryable,
@@ -212,8 +239,8 @@ class AuthenticationError(BaseError, WebSocketException):
     default_ws_code = CloseCode.AUTHENTICATION_FAILED
     disconnects = True
 
-    def __init__(self, message: str = "", **kwargs: Any) -> None:
-        BaseError.__init__(self, message, **kwargs)
+    def __init__(self, message: str = "", error_code: str | None = None, **kwargs: Any) -> None:
+        BaseError.__init__(self, message, error_code, **kwargs)
         self.code = self.ws_code
         self.reason = self.error_code
 
@@ -252,8 +279,8 @@ class ConnectionError(BaseError, WebSocketException):
     default_ws_code = CloseCode.TRY_AGAIN_LATER
     default_retryable = True
 
-    def __init__(self, message: str = "", **kwargs: Any) -> None:
-        BaseError.__init__(self, message, **kwargs)
+    def __init__(self, message: str = "", error_code: str | None = None, **kwargs: Any) -> None:
+        BaseError.__init__(self, message, error_code, **kwargs)
         # WebSocketException's fields, read by Starlette's exception middleware.
         self.code = self.ws_code
         self.reason = self.error_code

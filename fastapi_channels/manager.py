@@ -290,8 +290,11 @@ class ConnectionManager:
         user_id: str | None = None,
         connection_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        subprotocol: str | None = None,
     ) -> Connection:
-        """Accept `websocket` and register it, or refuse it with ConnectionError.
+        """Accept `websocket` (with `subprotocol`, if given) and register it, or refuse it with
+        ConnectionError.
 
         Over a limit the socket is accepted and closed with 1013 (the client sees the code);
         a bad origin or user id is refused at the handshake (HTTP 403). Raised out of the
@@ -320,7 +323,7 @@ class ConnectionManager:
         channel_name = routing.new_channel_name(self.server_id, connection_id)
         claim = await self._claim(websocket, channel_name)
         try:
-            connection = await self._admit(websocket, channel_name, user_id, metadata, claim)
+            connection = await self._admit(websocket, channel_name, user_id, metadata, claim, subprotocol)
         except BaseException:
             if claim.connection is None:
                 self._unclaim(channel_name, claim)
@@ -358,6 +361,7 @@ class ConnectionManager:
         user_id: str | None,
         metadata: dict[str, Any] | None,
         claim: _Claim,
+        subprotocol: str | None,
     ) -> Connection:
         config = self.config
         user_topic = routing.user_topic(user_id) if user_id is not None else None
@@ -410,7 +414,7 @@ class ConnectionManager:
         )
         try:
             if websocket.application_state is WebSocketState.CONNECTING:
-                await websocket.accept()
+                await websocket.accept(subprotocol=subprotocol)
         except BaseException:
             await self._drop_admitting(user_id)
             with contextlib.suppress(Exception):
@@ -543,8 +547,12 @@ class ConnectionManager:
         """*Local*: the connection with this channel name, if this server owns it."""
         return self.registry.get(connection_id)
 
-    def get_user_connections(self, user_id: str) -> list[Connection]:
-        """*Local*: this server's connections of a user."""
+    async def get_user_connections(self, user_id: str) -> list[Connection]:
+        """*Local*: this server's connections of a user (a coroutine, as in the spec's API).
+
+        Only the `Connection` objects this server owns: a user's connections on other servers
+        are counted by `count_user_connections` and reached by `send_to_user`.
+        """
         return list(self.registry.user_connections(user_id))
 
     def get_group_connections(self, group: str) -> list[Connection]:
@@ -689,9 +697,20 @@ class ConnectionManager:
 
     send_group = send_to_group
 
-    async def send_group_except(self, group: str, message: Any, exclude: str | Iterable[str]) -> None:
-        """Send to a group minus the listed channel names (typically the sender)."""
-        names = frozenset((exclude,) if isinstance(exclude, str) else exclude)
+    async def send_group_except(
+        self,
+        group: str,
+        message: Any,
+        exclude: str | Iterable[str] | None = None,
+        *,
+        exclude_connection_id: str | None = None,
+    ) -> None:
+        """Send to a group minus the listed channel names (typically the sender).
+
+        `exclude_connection_id=` is the spec's name for one channel name to skip; pass it or
+        `exclude` (one channel name or several), not both.
+        """
+        names = routing.excluded_channels(exclude, exclude_connection_id)
         frame = self.encode(message)
         await self._publish(
             routing.group_topic(routing.validate_name("group", group)),

@@ -1,13 +1,18 @@
 """Pure routing: name rules, topic names, channel names and the envelope that crosses a backend.
 
 No I/O lives here, so every rule is testable without sockets or a broker. A name is
-validated before it becomes a topic or a key, so no caller can reach outside its prefix.
+validated before it becomes a topic or a key: group, user and connection names are any text
+people type (spaces, accents, other scripts, punctuation) without control characters; a
+backend that builds keys from them escapes them there (`backends/redis_keys.py`), so no name
+reaches outside its prefix or another name's keys. Server ids stay strict: they prefix
+channel names and are parsed back out of them.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -18,12 +23,14 @@ from fastapi_channels.exceptions import ValidationError
 __all__ = [
     "BROADCAST_TOPIC",
     "MAX_NAME_LENGTH",
+    "MAX_SERVER_ID_LENGTH",
     "Envelope",
     "broadcast_topic",
     "decode_envelope",
     "encode_control",
     "encode_frame_envelope",
     "encode_personal",
+    "excluded_channels",
     "group_topic",
     "inbox_topic",
     "new_channel_name",
@@ -34,24 +41,41 @@ __all__ = [
     "validate_server_id",
 ]
 
-MAX_NAME_LENGTH: Final = 100
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.@+\-]+")
+MAX_NAME_LENGTH: Final = 200
+"""Longest group, user or connection name, in characters (code points)."""
+MAX_SERVER_ID_LENGTH: Final = 100
+# Control characters (C0, DEL, C1), lone surrogates (not encodable as UTF-8) and the line and
+# paragraph separators: what could break a line of a log, a frame or a key layout.
+_FORBIDDEN_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+_SERVER_ID_RE: Final = re.compile(r"[A-Za-z0-9_.@+\-]+")
 _SEPARATOR: Final = "!"
 
 BROADCAST_TOPIC: Final = "broadcast"
 
 
 def validate_name(kind: str, value: object) -> str:
-    """Return `value` if it is a valid group, user or connection name, else raise ValidationError."""
+    """Return `value` if it is a valid group, user or connection name, else raise ValidationError.
+
+    A name is 1-200 characters of any text without control characters, line or paragraph
+    separators or lone surrogates, and it neither starts nor ends with whitespace (refused,
+    not stripped: "My Room " and "My Room" would otherwise be two groups that look alike).
+    Names are compared exactly as given: no case folding, no Unicode normalisation.
+    """
     if not isinstance(value, str) or not value:
         raise ValidationError(
             f"{kind} name must be a non-empty string",
             error_code="INVALID_NAME",
             details={"kind": kind},
         )
-    if len(value) > MAX_NAME_LENGTH or _NAME_RE.fullmatch(value) is None:
+    if (
+        len(value) > MAX_NAME_LENGTH
+        or _FORBIDDEN_RE.search(value) is not None
+        or value[0].isspace()
+        or value[-1].isspace()
+    ):
         raise ValidationError(
-            f"{kind} name must be 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 _ . @ + -",
+            f"{kind} name must be 1-{MAX_NAME_LENGTH} characters without control characters, "
+            "not starting or ending with whitespace",
             error_code="INVALID_NAME",
             details={"kind": kind, "max_length": MAX_NAME_LENGTH},
         )
@@ -59,11 +83,15 @@ def validate_name(kind: str, value: object) -> str:
 
 
 def validate_server_id(value: str) -> str:
-    """Server ids follow the same rule as names: they prefix channel names and topics."""
-    try:
-        return validate_name("server", value)
-    except ValidationError as exc:
-        raise ValueError(exc.message) from exc
+    """Server ids are 1-100 characters of `A-Z a-z 0-9 _ . @ + -`: they prefix channel names
+    (`<server_id>!<token>`), topics and keys, and are parsed back out of channel names."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_SERVER_ID_LENGTH
+        or _SERVER_ID_RE.fullmatch(value) is None
+    ):
+        raise ValueError(f"server id must be 1-{MAX_SERVER_ID_LENGTH} characters of A-Z a-z 0-9 _ . @ + -")
+    return value
 
 
 def group_topic(group: str) -> str:
@@ -83,15 +111,33 @@ def broadcast_topic() -> str:
 
 
 def new_channel_name(server_id: str, connection_id: str | None = None) -> str:
-    """A channel name says which server owns the connection: `<server_id>!<token>`."""
+    """A channel name says which server owns the connection: `<server_id>!<token>`.
+
+    The token is a fresh hex id, or the caller's `connection_id` (a name, under the name rule;
+    it may itself hold '!': the server id never does, so the first '!' splits the two).
+    """
     token = uuid.uuid4().hex if connection_id is None else validate_name("connection", connection_id)
     return server_id + _SEPARATOR + token
+
+
+def excluded_channels(
+    exclude: str | Iterable[str] | None, exclude_connection_id: str | None
+) -> frozenset[str]:
+    """The channel names a `send_group_except` skips, given as `exclude` (one channel name or
+    several) or as `exclude_connection_id` (the spec's keyword for one): one of them, not both."""
+    if exclude is not None and exclude_connection_id is not None:
+        raise TypeError("send_group_except() takes exclude or exclude_connection_id, not both")
+    if exclude is None:
+        if exclude_connection_id is None:
+            raise TypeError("send_group_except() needs exclude or exclude_connection_id")
+        exclude = exclude_connection_id
+    return frozenset((exclude,) if isinstance(exclude, str) else exclude)
 
 
 def server_of(channel_name: str) -> str:
     """The server that owns `channel_name`; ValidationError when it is not a channel name."""
     server, sep, token = channel_name.partition(_SEPARATOR) if isinstance(channel_name, str) else ("", "", "")
-    if not sep or not server or not token:
+    if not sep or not token or len(server) > MAX_SERVER_ID_LENGTH or _SERVER_ID_RE.fullmatch(server) is None:
         raise ValidationError(
             "not a channel name (expected '<server_id>!<token>')",
             error_code="INVALID_CHANNEL_NAME",

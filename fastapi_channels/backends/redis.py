@@ -228,7 +228,7 @@ class RedisBackend(BaseBackend):
         reached, expected, connections, epoch = await state.script("publish")(
             keys=[self.keys.epoch, audience],
             args=[
-                self.prefix + topic,
+                self.keys.channel(topic),
                 payload,
                 kind,
                 self.prefix,

@@ -5,23 +5,53 @@ Pure string building, kept apart so the layout is readable in one place::
     <p>alive:<server>            liveness key, TTL REDIS_REGISTRY_EXPIRY
     <p>servers                   zset server -> liveness deadline (ms); how dead servers are found
     <p>srv:<server>:conns        hash channel -> user id ("" if anonymous): the server's connections
-    <p>srv:<server>:members      set "group|channel": the server's group memberships
+    <p>srv:<server>:members      set "<group>|channel": the server's group memberships
     <p>users:<user>              hash server -> the user's connection count there (the slots)
     <p>group:<group>             set of the group's channel names, TTL REDIS_GROUP_EXPIRY
     <p>gsrv:<group>              hash server -> the group's member count there, same TTL
     <p>epoch                     hash id, born, lost: the incarnation of all of the above
-    <p>groups                    zset group -> expiry deadline (ms): the cluster's group count
+    <p>groups                    zset <group> -> expiry deadline (ms): the cluster's group count
     <p><topic>                   pub/sub channels: group:<g>, user:<u>, inbox:<server>, broadcast
     <p>probe:<server>            pub/sub channel of the server's deafness self-check
 
 Counts are kept per server so that every check on a connect, join or send path costs
-O(servers), and a dead server's share is one field to drop. Every variable part is a
-validated name (no '|', ':' or '*'), so keys cannot collide or reach outside the prefix.
+O(servers), and a dead server's share is one field to drop.
+
+Group and user names are any text without control characters (`routing.validate_name`):
+':' '|' '*' '%', spaces, other scripts. Wherever one becomes part of a key, a pub/sub channel,
+a membership entry or a member of the groups zset (`<group>`, `<user>`, `<g>`, `<u>` above),
+it is written as `key_part(name)`: itself when made of `A-Z a-z 0-9 _ . @ + -` (so such
+names keep the keys they always had), else percent-escaped UTF-8 (`Café` -> `Caf%C3%A9`,
+`a|b` -> `a%7Cb`, `100%` -> `100%25`). The escaped form holds no separator, glob character
+or space, and two names never share one (escaping is injective), so no name reaches outside
+the prefix or another name's keys; the Lua scripts split a membership entry at its first
+'|', which no escaped group holds. Server ids are strict already; channel names (set members
+and hash fields, never parsed by a script) are stored as they are.
 """
 
 from __future__ import annotations
 
-__all__ = ["RedisKeys"]
+import re
+from typing import Final
+from urllib.parse import quote
+
+__all__ = ["RedisKeys", "key_part", "pubsub_channel"]
+
+_PLAIN: Final = re.compile(r"[A-Za-z0-9_.@+\-]*")
+
+
+def key_part(name: str) -> str:
+    """`name` as it is written inside a key or channel: unchanged when made of
+    `A-Z a-z 0-9 _ . @ + -`, else percent-escaped UTF-8 (only those characters and '%')."""
+    if _PLAIN.fullmatch(name) is not None:
+        return name
+    return quote(name, safe="@+").replace("~", "%7E")
+
+
+def pubsub_channel(prefix: str, topic: str) -> str:
+    """The pub/sub channel of a topic (`<kind>:<name>` or `broadcast`): the name escaped."""
+    kind, sep, name = topic.partition(":")
+    return f"{prefix}{kind}{sep}{key_part(name)}" if sep else prefix + topic
 
 
 class RedisKeys:
@@ -40,17 +70,18 @@ class RedisKeys:
         return f"{self.prefix}alive:{server_id}"
 
     def user(self, user_id: str) -> str:
-        return f"{self.prefix}users:{user_id}"
+        return f"{self.prefix}users:{key_part(user_id)}"
 
     def group(self, group: str) -> str:
-        return f"{self.prefix}group:{group}"
+        return f"{self.prefix}group:{key_part(group)}"
 
     def group_servers(self, group: str) -> str:
-        return f"{self.prefix}gsrv:{group}"
+        return f"{self.prefix}gsrv:{key_part(group)}"
 
     def channel(self, topic: str) -> str:
-        return self.prefix + topic
+        return pubsub_channel(self.prefix, topic)
 
     @staticmethod
     def membership(group: str, channel_name: str) -> str:
-        return f"{group}|{channel_name}"
+        """The entry of this server's memberships set; reap.lua splits it at its first '|'."""
+        return f"{key_part(group)}|{channel_name}"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from fastapi_channels.backends.redis_keys import pubsub_channel
 from fastapi_channels.exceptions import BackendError
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class PubSubReader:
 
     # --- topics --------------------------------------------------------------------------------
     def channel(self, topic: str) -> bytes:
-        return (self._prefix + topic).encode()
+        return pubsub_channel(self._prefix, topic).encode()
 
     async def subscribe(self, topic: str) -> None:
         """Want `topic` and return once Redis confirmed it, or once it is no longer wanted.

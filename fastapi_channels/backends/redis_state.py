@@ -17,7 +17,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from fastapi_channels.backends.base import Admission
-from fastapi_channels.backends.redis_keys import RedisKeys
+from fastapi_channels.backends.redis_keys import RedisKeys, key_part
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -128,7 +128,7 @@ class ClusterState:
             [
                 keys.server_id,
                 channel_name,
-                user,
+                key_part(user),  # stored in the connection hash; scripts build `users:<user>` from it
                 max_per_user,
                 max_total,
                 keys.prefix,
@@ -171,7 +171,7 @@ class ClusterState:
         return (
             [keys.group(group), keys.groups, keys.members, keys.group_servers(group)],
             [
-                group,
+                key_part(group),  # the groups zset holds escaped names, as reap.lua finds them
                 channel_name,
                 max_groups,
                 self.group_expiry,
@@ -188,7 +188,7 @@ class ClusterState:
         self.memberships.discard((group, channel_name))
         await self._scripts["group_discard"](
             keys=[keys.group(group), keys.groups, keys.members, keys.group_servers(group)],
-            args=[group, channel_name, keys.membership(group, channel_name), keys.server_id],
+            args=[key_part(group), channel_name, keys.membership(group, channel_name), keys.server_id],
         )
 
     async def group_members(self, group: str) -> set[str]:
@@ -284,7 +284,7 @@ class ClusterState:
             self._last_group_refresh = now
 
     async def refresh_groups(self) -> None:
-        groups = sorted({group for group, _ in self.memberships})
+        groups = sorted({key_part(group) for group, _ in self.memberships})
         script = self._scripts["refresh_groups"]
         for start in range(0, len(groups), _REFRESH_CHUNK):
             chunk = groups[start : start + _REFRESH_CHUNK]

@@ -20,10 +20,28 @@ __all__ = ["Middleware", "MiddlewareChain"]
 
 
 class Middleware:
-    """One step. Override `process`; the default passes every message on unchanged."""
+    """One step. Override `process`; the default passes every message on unchanged.
+
+    `next_middleware` (optional, as in the spec's original base class) is a step that runs right
+    after this one whenever this one passes the message on; `>>` chains are the usual way.
+    Calling a step (`await step(message, connection, consumer)`) runs it and its next step.
+    """
+
+    next_middleware: Middleware | None = None
+
+    def __init__(self, next_middleware: Middleware | None = None) -> None:
+        if next_middleware is not None and not isinstance(next_middleware, Middleware):
+            raise TypeError(f"{next_middleware!r} is not a Middleware")
+        self.next_middleware = next_middleware
 
     async def process(self, message: Message, connection: Connection, consumer: Any) -> Message | None:
         return message
+
+    async def __call__(self, message: Message, connection: Connection, consumer: Any) -> Message | None:
+        result = await self.process(message, connection, consumer)
+        if result is not None and self.next_middleware is not None:
+            return await self.next_middleware(result, connection, consumer)
+        return result
 
     def __rshift__(self, other: Middleware) -> MiddlewareChain:
         return MiddlewareChain([self, other])
@@ -45,7 +63,7 @@ class MiddlewareChain(Middleware):
     async def process(self, message: Message, connection: Connection, consumer: Any) -> Message | None:
         current = message
         for step in self.steps:
-            result = await step.process(current, connection, consumer)
+            result = await step(current, connection, consumer)
             if result is None:
                 return None
             current = result

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
+from fastapi_channels.backends.redis_keys import key_part
 from fastapi_channels.exceptions import RateLimitError
 from fastapi_channels.messages import Message
 from fastapi_channels.middleware.base import Middleware
@@ -86,9 +87,10 @@ class RateLimitMiddleware(Middleware):
         self._last_redis_warning: float | None = None
 
     def _key_of(self, connection: Connection) -> str:
+        # Names escaped as in every Redis key (`<prefix>ratelimit:user:<user>`).
         if self.key == "user" and connection.user_id is not None:
-            return "user:" + connection.user_id
-        return "conn:" + connection.channel_name
+            return "user:" + key_part(connection.user_id)
+        return "conn:" + key_part(connection.channel_name)
 
     async def process(self, message: Message, connection: Connection, consumer: Any) -> Message | None:
         if message.type in self.excluded_message_types:

@@ -1,8 +1,7 @@
-"""Helpers for testing apps built on fastapi-channels against a real server.
-
-`serve` runs an ASGI app under uvicorn inside the running event loop on a free loopback
-port, so a test talks to it over real sockets and can still inspect the manager directly.
-Needs uvicorn (the `server` extra).
+"""A real server for tests: `serve` runs an ASGI app under uvicorn inside the running event
+loop on a free loopback port, so a test talks to it over real sockets and can still inspect
+the manager directly. Needs uvicorn (the `server` extra). For tests without ports, see
+`Communicator`.
 """
 
 from __future__ import annotations

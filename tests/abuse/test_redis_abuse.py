@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,26 @@ async def test_a_crafted_pickle_published_on_a_group_channel_is_never_loaded(
     assert manager.serializer.name == "orjson"
 
 
-BAD_NAMES = ["a:b", "room*", "a|b", "two words", "x" * 101, "", "new\nline", "prefix:group:other", "ü"]
+# Names are any text of 1-200 characters without control characters (routing.validate_name).
+# Refused: what could break a line, a log or a key layout, and what is empty or too long.
+REFUSED_NAMES = ["", "new\nline", "tab\there", "nul\x00", "esc\x1b[2J", "line\u2028sep", " padded", "x" * 201]
+# Accepted: separators, glob characters, lookalikes of keys, spaces, other scripts. Inside Redis
+# each is escaped, so none reaches a key or channel outside the prefix or another name's keys.
+ACCEPTED_NAMES = [
+    "a:b",
+    "room*",
+    "a|b",
+    "two words",
+    "prefix:group:other",
+    "ü",
+    "Café",
+    "100%",
+    "[a-z]?",
+    "x" * 200,
+]
+# What a key or channel may hold after the test's prefix: the layout's kinds and separators
+# (':' between parts, '|' and '!' inside set members are not keys) and escaped names.
+KEY_LAYOUT = re.compile(rb"(group|gsrv|users|user|srv|alive|inbox|probe):[A-Za-z0-9_.@+\-%:]+|[a-z]+")
 
 
 async def all_keys(admin: aioredis.Redis) -> set[bytes]:
@@ -94,7 +114,11 @@ async def channels(admin: aioredis.Redis) -> set[bytes]:
     return set(await admin.pubsub_channels())
 
 
-@pytest.mark.parametrize("name", BAD_NAMES)
+def escaped(name: str) -> bytes:
+    return quote(name, safe="@+").encode()
+
+
+@pytest.mark.parametrize("name", REFUSED_NAMES)
 async def test_a_name_that_could_escape_the_prefix_is_refused_and_writes_no_key(
     redis_app: tuple[ServerHandle, ConnectionManager], admin: aioredis.Redis, redis_prefix: str, name: str
 ) -> None:
@@ -111,6 +135,7 @@ async def test_a_name_that_could_escape_the_prefix_is_refused_and_writes_no_key(
         "send_to_user": lambda: manager.send_to_user(name, {"type": "x"}),
         "group_size": lambda: manager.group_size(name),
         "group_members": lambda: manager.group_members(name),
+        "count_user_connections": lambda: manager.count_user_connections(name),
     }
     for method, call in calls.items():
         with pytest.raises(ValidationError) as refused:
@@ -120,18 +145,85 @@ async def test_a_name_that_could_escape_the_prefix_is_refused_and_writes_no_key(
     reply = await client.call("error", op="join", group=name)
     assert reply["error_code"] == "INVALID_NAME"
 
-    if name and "\n" not in name:
+    if name:
         with pytest.raises(InvalidStatus) as handshake:
             await connect(f"{handle.ws_url}/ws/{quote(name, safe='')}", open_timeout=10)
         assert handshake.value.response.status_code == 403
 
     await asyncio.sleep(0.05)
+    assert await all_keys(admin) == keys_before
+    assert await channels(admin) == channels_before
+    assert len(manager.registry) == 1
+
+
+@pytest.mark.parametrize("name", ACCEPTED_NAMES)
+async def test_a_name_with_separators_spaces_or_other_scripts_is_accepted_inside_the_prefix(
+    redis_app: tuple[ServerHandle, ConnectionManager], admin: aioredis.Redis, redis_prefix: str, name: str
+) -> None:
+    handle, manager = redis_app
+    keys_before, channels_before = await all_keys(admin), await channels(admin)
+    # As a user id (at the handshake), a group name, and a custom connection id.
+    user = await Client.open(handle.ws_url, quote(name, safe=""))
+    member = await Client.open(f"{handle.ws_url}", f"member?cid={quote(name, safe='')}")
+    assert member.channel_name == f"{manager.server_id}!{name}"
+    await member.call("joined", op="join", group=name)
+    await user.call("joined", op="join", group=name)
+
+    assert await manager.group_size(name) == 2
+    assert await manager.group_members(name) == {user.channel_name, member.channel_name}
+    assert await manager.count_user_connections(name) == 1
+    assert [c.channel_name for c in await manager.get_user_connections(name)] == [user.channel_name]
+    await manager.send_to_group(name, {"type": "group", "data": "to the group"})
+    assert await member.next() == {"type": "group", "data": "to the group"}
+    assert await user.next() == {"type": "group", "data": "to the group"}
+    await manager.send_group_except(
+        name, {"type": "group", "data": "not you"}, exclude_connection_id=user.channel_name
+    )
+    assert await member.next() == {"type": "group", "data": "not you"}
+    assert await manager.send_to_user(name, {"type": "user", "data": "to the user"}) == 1
+    assert await user.next() == {"type": "user", "data": "to the user"}
+
     new_keys = await all_keys(admin) - keys_before
     new_channels = await channels(admin) - channels_before
-    outside = [k for k in new_keys | new_channels if not k.startswith(redis_prefix.encode())]
+    prefix = redis_prefix.encode()
+    assert new_keys and new_channels
+    outside = [k for k in new_keys | new_channels if not k.startswith(prefix)]
     assert not outside, outside
-    assert all(name.encode() not in key for key in new_keys | new_channels), (new_keys, new_channels)
-    assert len(manager.registry) == 1
+    for key in new_keys | new_channels:
+        assert KEY_LAYOUT.fullmatch(key[len(prefix) :]), key
+    # The name is in the layout only escaped: at the group's keys and topics, and the user's.
+    assert {
+        prefix + b"group:" + escaped(name),
+        prefix + b"gsrv:" + escaped(name),
+        prefix + b"users:" + escaped(name),
+    } <= new_keys
+    assert {prefix + b"group:" + escaped(name), prefix + b"user:" + escaped(name)} <= new_channels
+
+    await member.call("left", op="leave", group=name)
+    await user.call("left", op="leave", group=name)
+    assert await manager.group_size(name) == 0
+
+
+async def test_a_name_and_its_escaped_spelling_are_different_groups_and_users(
+    redis_app: tuple[ServerHandle, ConnectionManager], admin: aioredis.Redis, redis_prefix: str
+) -> None:
+    handle, manager = redis_app
+    plain = await Client.open(handle.ws_url, quote("Carol Smith", safe=""))
+    spelled = await Client.open(handle.ws_url, quote("Carol%20Smith", safe=""))
+    await plain.call("joined", op="join", group="My Room")
+    await spelled.call("joined", op="join", group="My%20Room")
+
+    assert await manager.group_members("My Room") == {plain.channel_name}
+    assert await manager.group_members("My%20Room") == {spelled.channel_name}
+    await manager.send_to_group("My%20Room", {"type": "group", "data": "escaped"})
+    await manager.send_to_group("My Room", {"type": "group", "data": "plain"})
+    assert await plain.next() == {"type": "group", "data": "plain"}
+    assert await spelled.next() == {"type": "group", "data": "escaped"}
+    assert await manager.send_to_user("Carol Smith", {"type": "user", "data": 1}) == 1
+    assert await plain.next() == {"type": "user", "data": 1}
+    prefix = redis_prefix.encode()
+    assert await admin.smembers(prefix + b"group:My%20Room") == {plain.channel_name.encode()}
+    assert await admin.smembers(prefix + b"group:My%2520Room") == {spelled.channel_name.encode()}
 
 
 async def test_count_user_connections_refuses_an_invalid_user_name(
@@ -139,4 +231,5 @@ async def test_count_user_connections_refuses_an_invalid_user_name(
 ) -> None:
     _, manager = redis_app
     with pytest.raises(ValidationError):
-        await manager.count_user_connections("a:b*")
+        await manager.count_user_connections("line\nbreak")
+    assert await manager.count_user_connections("a:b*") == 0  # any other text is a name

@@ -201,7 +201,7 @@ def create_app(
     ws_config: WSConfig,
     middleware: Middleware | None,
     *,
-    consumer_class: type[ChatConsumer] = ChatConsumer,
+    consumer_class: type[BaseConsumer] = ChatConsumer,
     db: FakeDatabase | None = None,
     events: Events | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,

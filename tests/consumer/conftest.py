@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from fastapi_channels import ConnectionManager, WSConfig
+from fastapi_channels import BaseConsumer, ConnectionManager, WSConfig
 from fastapi_channels.middleware import Middleware
 from fastapi_channels.testing import ServerHandle, free_port, serve
 from tests.consumer.app import ChatConsumer, Events, FakeDatabase, create_app
@@ -157,7 +157,7 @@ class Harness:
         self,
         middleware: Middleware | None,
         *,
-        consumer_class: type[ChatConsumer] = ChatConsumer,
+        consumer_class: type[BaseConsumer] = ChatConsumer,
         config: dict[str, Any] | None = None,
         **serve_options: Any,
     ) -> Running:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -159,14 +160,30 @@ async def close_clients() -> AsyncIterator[None]:
     await asyncio.gather(*(client.ws.close() for client in opened), return_exceptions=True)
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
-    """Wait (bounded) until `condition()` holds: for server-side effects of a client's action."""
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = WAIT, what: str = "condition"
+) -> None:
+    """Wait (bounded) until `condition()` holds: for server-side effects of a client's action.
+
+    `condition` may be a coroutine function (or return an awaitable), e.g. one that awaits
+    `manager.get_user_connections`.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not condition():
+    while not await _holds(condition):
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = condition()
+    return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+
+async def has_local_connections(manager: ConnectionManager, user_id: str, count: int) -> bool:
+    """Whether this server holds exactly `count` connections of `user_id`."""
+    return len(await manager.get_user_connections(user_id)) == count
 
 
 # --- a client that never reads --------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from fastapi_channels import WSConfig
-from tests.integration.conftest import ALL_WS, WS_IDS, Client, StartServer, eventually
+from tests.integration.conftest import ALL_WS, WS_IDS, Client, StartServer, eventually, has_local_connections
 
 
 @pytest.fixture(params=ALL_WS, ids=[WS_IDS[ws] for ws in ALL_WS])
@@ -96,11 +96,11 @@ async def test_send_to_user_reaches_every_connection_of_the_user_and_counts_them
         assert await manager.send_to_user("alice", {"type": "user", "data": "again"}) == 3
         for device in (phone, laptop, tablet):
             assert await device.next() == {"type": "user", "data": "again"}
-        assert len(manager.get_user_connections("alice")) == 3
+        assert len(await manager.get_user_connections("alice")) == 3
         assert await manager.send_to_user("nobody", {"type": "user"}) == 0
 
         await tablet.close()
-        await eventually(lambda: len(manager.get_user_connections("alice")) == 2, what="the close")
+        await eventually(lambda: has_local_connections(manager, "alice", 2), what="the close")
         assert await manager.send_to_user("alice", {"type": "user", "data": "two left"}) == 2
 
 

@@ -15,6 +15,7 @@ from tests.integration.conftest import (
     SilentSocket,
     StartServer,
     eventually,
+    has_local_connections,
 )
 
 MAX_SIZE = 1024 * 1024  # uvicorn's --ws-max-size for these tests (its default is 16 MiB)
@@ -100,12 +101,12 @@ async def test_invalid_utf8_in_a_text_frame_is_refused_with_1007(start_server: S
         healthy = await Client.open(server, "healthy")
         raw = await SilentSocket.open(server, "raw")  # a hand-made client can send what others cannot
         try:
-            await eventually(lambda: len(manager.get_user_connections("raw")) == 1, what="the raw client")
+            await eventually(lambda: has_local_connections(manager, "raw", 1), what="the raw client")
             await raw.send_frame(b'{"op": "echo", "data": "\xff\xfe"}')
 
             assert await raw.read_close_code() == 1007
             raw.close()  # as a real client does once the closing handshake is over
-            await eventually(lambda: manager.get_user_connections("raw") == [], what="cleanup")
+            await eventually(lambda: has_local_connections(manager, "raw", 0), what="cleanup")
             assert await healthy.echo_marker("ok") == {"type": "echo", "data": "ok"}
             assert len(manager.registry) == 1
         finally:

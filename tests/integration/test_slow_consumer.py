@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     SilentSocket,
     StartServer,
     eventually,
+    has_local_connections,
 )
 
 QUEUE_BYTES = 64 * 1024
@@ -77,8 +78,8 @@ async def open_room(
         await client.join("room")
     silent = await SilentSocket.open(server, "stalled")
     try:
-        await eventually(lambda: len(manager.get_user_connections("stalled")) == 1, what="the silent socket")
-        (slow,) = manager.get_user_connections("stalled")
+        await eventually(lambda: has_local_connections(manager, "stalled", 1), what="the silent socket")
+        (slow,) = await manager.get_user_connections("stalled")
         await manager.join_group(slow.channel_name, "room")  # as an app would, by channel name
     except BaseException:
         silent.close()
@@ -103,7 +104,7 @@ async def test_a_client_that_never_reads_is_closed_and_the_others_get_everything
             assert stats["slow_consumer_closes"] >= 1
             assert stats["messages_dropped"] >= 1
             assert manager.get_connection(slow.channel_name) is None  # gone from the registry
-            assert manager.get_user_connections("stalled") == []
+            assert await manager.get_user_connections("stalled") == []
             assert [c.channel_name for c in manager.get_group_connections("room")] == [
                 c.channel_name for c in healthy
             ]

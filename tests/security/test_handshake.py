@@ -40,7 +40,28 @@ async def test_any_origin_is_accepted_when_no_allow_list_is_set() -> None:
         assert "hello" in await ws.recv()
 
 
-@pytest.mark.parametrize("user", ["bad%20name", "a%3Ab", "x" * 101, "%2A"])
+@pytest.mark.parametrize(
+    ("user", "user_id"),
+    [
+        ("Carol%20Smith", "Carol Smith"),
+        ("a%3Ab", "a:b"),
+        ("%2A", "*"),
+        ("a%7Cb", "a|b"),
+        ("Caf%C3%A9", "Café"),
+        ("x" * 200, "x" * 200),
+    ],
+)
+async def test_a_user_id_with_spaces_separators_or_accents_is_accepted(user: str, user_id: str) -> None:
+    app, manager = create_app(WSConfig(LOG_STATS=False, BACKEND_TYPE="memory"))
+    async with serve(app) as server, connect(f"{server.ws_url}/ws/{user}") as ws:
+        assert "hello" in await ws.recv()
+        [connection] = await manager.get_user_connections(user_id)
+        assert connection.user_id == user_id
+        assert await manager.count_user_connections(user_id) == 1
+
+
+# Control characters, surrounding whitespace, empty or over 200 characters: not a name.
+@pytest.mark.parametrize("user", ["%20padded", "trailing%20", "tab%09in", "nul%00", "esc%1B", "x" * 201])
 async def test_a_user_id_that_cannot_be_a_key_is_refused_cleanly(user: str) -> None:
     app, manager = create_app(WSConfig(LOG_STATS=False, BACKEND_TYPE="memory"))
     async with serve(app) as server:

@@ -18,7 +18,7 @@ class RedisProcess:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
-                "redis-server is not installed: `apt-get install redis-server` (.ci/run does it)"
+                "redis-server is not installed: `apt-get install redis-server` (./run test does it)"
             )
         self.binary = binary
         self.port = port or free_port()

@@ -509,6 +509,69 @@ async def test_backend_can_be_started_again_after_stop(cluster: Cluster) -> None
     assert a.payloads(ROOM) == [b"tagain"]
 
 
+# --- names: any text a person types, kept apart from every other name --------------------------
+# Pairs that one naive concatenation or another would merge: a separator inside a name, a name
+# and its percent-escaped spelling, a name that looks like a key of another kind.
+LOOKALIKE_GROUPS = ["a|b", "a", "a b", "a%20b", "group:x", "x", "Café", "Cafe\u0301", "*", "room|srv0-x!t"]
+LOOKALIKE_USERS = ["Carol Smith", "Carol%20Smith", "a:b", "users:a:b", "b"]
+
+
+async def test_lookalike_names_keep_their_own_members_counts_and_topics(cluster: Cluster) -> None:
+    a, b = await cluster.node(), await cluster.node()
+    members: dict[str, str] = {}
+    for index, group in enumerate(LOOKALIKE_GROUPS):
+        # Custom connection ids become the token of the channel name, separators and all.
+        node = (a, b)[index % 2]
+        channel = new_channel_name(node.server_id, f"conn {index}|!:*")
+        assert await node.backend.group_add(group, channel, max_groups=BIG)
+        members[group] = channel
+    for group, channel in members.items():
+        assert await b.backend.group_members(group) == {channel}, group
+        assert await a.backend.group_size(group) == 1, group
+    assert await a.backend.count_groups() == len(LOOKALIKE_GROUPS)
+
+    for index, user in enumerate(LOOKALIKE_USERS):
+        for n in range(index + 1):
+            channel = new_channel_name(a.server_id, f"{user} #{n}")
+            assert await a.backend.add_connection(channel, user, max_per_user=BIG, max_total=BIG) is (
+                Admission.ACCEPTED
+            )
+    for index, user in enumerate(LOOKALIKE_USERS):
+        assert await b.backend.count_user_connections(user) == index + 1, user
+        delivery = await b.backend.publish_to_user(user_topic(user), user, b"tx")
+        assert delivery.connections == index + 1, user
+
+    for group in ("a|b", "a", "a b", "a%20b"):
+        await b.backend.subscribe(group_topic(group))
+    await a.backend.publish(group_topic("a|b"), b"tbar")
+    await a.backend.publish(group_topic("a%20b"), b"tescaped")
+    await cluster.settle()
+    assert b.payloads(group_topic("a|b")) == [b"tbar"]
+    assert b.payloads(group_topic("a%20b")) == [b"tescaped"]
+    assert b.payloads(group_topic("a")) == [] and b.payloads(group_topic("a b")) == []
+
+
+async def test_a_stopped_servers_memberships_in_lookalike_groups_are_released(cluster: Cluster) -> None:
+    a, b = await cluster.node(), await cluster.node()
+    for group in LOOKALIKE_GROUPS:
+        await a.backend.group_add(group, new_channel_name(a.server_id, "x|y"), max_groups=BIG)
+    theirs = b.channel()
+    await b.backend.group_add("a", theirs, max_groups=BIG)
+    await a.backend.add_connection(a.channel(), "Carol Smith", max_per_user=BIG, max_total=BIG)
+    await b.backend.add_connection(b.channel(), "Carol%20Smith", max_per_user=BIG, max_total=BIG)
+
+    await a.stop()
+
+    assert await b.backend.group_members("a") == {theirs}
+    for group in LOOKALIKE_GROUPS:
+        if group != "a":
+            assert await b.backend.group_members(group) == set(), group
+            assert await b.backend.group_size(group) == 0, group
+    assert await b.backend.count_groups() == 1
+    assert await b.backend.count_user_connections("Carol Smith") == 0
+    assert await b.backend.count_user_connections("Carol%20Smith") == 1
+
+
 # --- memory specifics ---------------------------------------------------------------------------
 async def test_memory_backends_sharing_a_hub_see_each_other() -> None:
     hub = MemoryHub()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import string
+import unicodedata
 
 import orjson
 import pytest
@@ -14,6 +15,7 @@ from fastapi_channels.exceptions import ValidationError
 from fastapi_channels.routing import (
     BROADCAST_TOPIC,
     MAX_NAME_LENGTH,
+    MAX_SERVER_ID_LENGTH,
     Envelope,
     broadcast_topic,
     decode_envelope,
@@ -29,14 +31,60 @@ from fastapi_channels.routing import (
     validate_server_id,
 )
 
+# Server ids (and the tokens the library generates) keep the strict alphabet.
 NAME_ALPHABET = string.ascii_letters + string.digits + "_.@+-"
-names = st.text(alphabet=NAME_ALPHABET, min_size=1, max_size=MAX_NAME_LENGTH)
+names = st.text(alphabet=NAME_ALPHABET, min_size=1, max_size=MAX_SERVER_ID_LENGTH)
+
+# Group, user and connection names: any text without control characters, line separators or
+# lone surrogates, not starting or ending with whitespace.
+FORBIDDEN = {"Cc", "Cs", "Zl", "Zp"}
+free_names = st.text(
+    alphabet=st.characters(exclude_categories=tuple(FORBIDDEN)), min_size=1, max_size=MAX_NAME_LENGTH
+).filter(lambda s: not s[0].isspace() and not s[-1].isspace())
+
+
+def follows_the_rule(value: str) -> bool:
+    return (
+        1 <= len(value) <= MAX_NAME_LENGTH
+        and not any(unicodedata.category(ch) in FORBIDDEN for ch in value)
+        and not value[0].isspace()
+        and not value[-1].isspace()
+    )
 
 
 # --- validate_name ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "value",
-    ["a", "room-1", "user@example.com", "a.b_c+d", "0", "A" * MAX_NAME_LENGTH, NAME_ALPHABET],
+    [
+        "a",
+        "room-1",
+        "user@example.com",
+        "a.b_c+d",
+        "0",
+        "A" * MAX_NAME_LENGTH,
+        NAME_ALPHABET,
+        # What people type: spaces, accents, other scripts, emoji.
+        "My Room",
+        "Carol Smith",
+        "Café",
+        "Zoë's room (2)",
+        "東京",
+        "\uff41",  # fullwidth letter a
+        "\u0661",  # arabic-indic digit one
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # a family emoji: zero-width joiners inside
+        # What a key layout must survive: separators, glob characters, look-alikes of keys.
+        "a:b",
+        "group:x",
+        "*",
+        "room*",
+        "a|b",
+        "a!b",
+        "a/b",
+        "100%",
+        "a\\b",
+        "[x]{y}?",
+        "prefix:group:other",
+    ],
 )
 def test_valid_names_are_returned_unchanged(value: str) -> None:
     assert validate_name("group", value) == value
@@ -46,21 +94,21 @@ def test_valid_names_are_returned_unchanged(value: str) -> None:
     "value",
     [
         "",
-        "a:b",
-        "group:x",
-        "*",
-        "room*",
-        "a b",
+        " ",
         " a",
         "a ",
+        "\u3000room",  # ideographic space
+        "room\u00a0",  # no-break space
         "a\tb",
         "a\n",
-        "a!b",
-        "a/b",
-        "é",
-        "\uff41",  # fullwidth letter a
-        "\u0661",  # arabic-indic digit one
+        "a\rb",
         "a\x00",
+        "a\x1b[31m",  # ANSI escape
+        "a\x7f",
+        "a\x85b",  # C1 next line
+        "a\u2028b",  # line separator
+        "a\u2029b",  # paragraph separator
+        "a\ud800b",  # lone surrogate: not encodable
         "A" * (MAX_NAME_LENGTH + 1),
     ],
 )
@@ -79,15 +127,14 @@ def test_non_string_names_raise_validation_error(value: object) -> None:
     assert info.value.details["kind"] == "user"
 
 
-@given(names)
+@given(free_names)
 def test_any_name_of_allowed_characters_is_valid(value: str) -> None:
     assert validate_name("group", value) == value
 
 
 @given(st.text(max_size=MAX_NAME_LENGTH + 20))
 def test_validate_name_accepts_exactly_the_rule(value: str) -> None:
-    ok = 1 <= len(value) <= MAX_NAME_LENGTH and all(ch in NAME_ALPHABET for ch in value)
-    if ok:
+    if follows_the_rule(value):
         assert validate_name("group", value) == value
     else:
         with pytest.raises(ValidationError):
@@ -96,7 +143,8 @@ def test_validate_name_accepts_exactly_the_rule(value: str) -> None:
 
 def test_validate_server_id_raises_plain_value_error() -> None:
     assert validate_server_id("srv-1") == "srv-1"
-    for bad in ["", "srv:1", "srv!1", "a" * (MAX_NAME_LENGTH + 1)]:
+    # Server ids stay strict: they prefix channel names and are parsed out of them.
+    for bad in ["", "srv:1", "srv!1", "srv 1", "srv|1", "sérver", "a" * (MAX_SERVER_ID_LENGTH + 1)]:
         with pytest.raises(ValueError) as info:
             validate_server_id(bad)
         assert not isinstance(info.value, ValidationError)
@@ -108,7 +156,7 @@ def test_topics() -> None:
     assert user_topic("alice") == "user:alice"
     assert inbox_topic("srv") == "inbox:srv"
     assert broadcast_topic() == BROADCAST_TOPIC == "broadcast"
-    # topic kinds never collide, since names cannot contain ':'
+    # topic kinds never collide: each kind has its own prefix, and the name is what follows it
     assert len({group_topic("x"), user_topic("x"), inbox_topic("x"), broadcast_topic()}) == 4
 
 
@@ -124,18 +172,24 @@ def test_new_channel_name_embeds_server_and_is_unique() -> None:
 
 def test_new_channel_name_with_explicit_connection_id() -> None:
     assert new_channel_name("srv", "conn-1") == "srv!conn-1"
-    with pytest.raises(ValidationError):
-        new_channel_name("srv", "bad:id")
-    with pytest.raises(ValidationError):
-        new_channel_name("srv", "")
+    # A custom connection id follows the name rule: it becomes the token after the server id.
+    assert new_channel_name("srv", "Carol's phone: tab 2") == "srv!Carol's phone: tab 2"
+    assert server_of(new_channel_name("srv", "a!b|c")) == "srv"
+    for bad in ["", "a\nb", " padded", "x" * (MAX_NAME_LENGTH + 1)]:
+        with pytest.raises(ValidationError):
+            new_channel_name("srv", bad)
 
 
-@given(server=names, token=names)
+@given(server=names, token=free_names)
 def test_server_of_inverts_new_channel_name(server: str, token: str) -> None:
     assert server_of(new_channel_name(server, token)) == server
 
 
-@pytest.mark.parametrize("value", ["", "srv", "!token", "srv!", "!", "srv:token"])
+@pytest.mark.parametrize(
+    "value",
+    # The part before the first '!' must be a server id: names may hold '!' and spaces, ids never.
+    ["", "srv", "!token", "srv!", "!", "srv:token", "my room!token", "srv:1!token", "sérver!token"],
+)
 def test_server_of_rejects_non_channel_names(value: str) -> None:
     with pytest.raises(ValidationError) as info:
         server_of(value)

@@ -13,10 +13,12 @@ end
 -- this is the first server ever): the first caller makes a new one. When a caller that knew
 -- an older epoch meets a new one, the state was lost, and until `window` ms after its birth
 -- the servers may still be writing theirs back: nothing read from it can be trusted yet.
--- Returns the epoch id and whether the state is trustworthy now.
+-- Returns the epoch id and whether the state is trustworthy now. `now` (ms) may be nil: the
+-- clock is read only when it matters, so the common path costs one HMGET.
 local function epoch(key, known, fresh, window, now)
   local id, born, lost = unpack(redis.call('HMGET', key, 'id', 'born', 'lost'))
   if not id then
+    now = now or now_ms()
     id, born = fresh, now
     redis.call('HSET', key, 'id', id, 'born', born)
     if known ~= '' then
@@ -27,7 +29,7 @@ local function epoch(key, known, fresh, window, now)
     lost = '1'
     redis.call('HSET', key, 'lost', lost)
   end
-  if lost == '1' and now < tonumber(born) + window then
+  if lost == '1' and (now or now_ms()) < tonumber(born) + window then
     return id, false
   end
   return id, true

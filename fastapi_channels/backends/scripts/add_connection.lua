@@ -1,7 +1,8 @@
 -- Take a connection slot under the per-user and the total limit, atomically.
 -- KEYS[1] servers zset, KEYS[2] the user's hash server -> count (ignored when the user id is
 -- ""), KEYS[3] this server's connection hash (channel -> user id), KEYS[4] epoch hash
--- ARGV[1] server id, ARGV[2] channel name, ARGV[3] user id ("" if none)
+-- ARGV[1] server id, ARGV[2] channel name, ARGV[3] user id as a key part (RedisKeys.key_part:
+-- escaped, so `users:<it>` is the user's key; "" if none)
 -- ARGV[4] max per user, ARGV[5] max total, ARGV[6] key prefix
 -- ARGV[7] epoch known to the caller, ARGV[8] a fresh epoch id, ARGV[9] resync window ms
 -- ARGV[10] 'new' (a connection asking to be admitted) or 'reassert' (one this server already
@@ -9,7 +10,7 @@
 -- Returns {code, epoch id}: 0 accepted, 1 user limit, 2 total limit, 3 state being rebuilt.
 -- O(servers): slots are counted per server, never per connection.
 local prefix, server, channel, user = ARGV[6], ARGV[1], ARGV[2], ARGV[3]
-local id, trusted = epoch(KEYS[4], ARGV[7], ARGV[8], tonumber(ARGV[9]), now_ms())
+local id, trusted = epoch(KEYS[4], ARGV[7], ARGV[8], tonumber(ARGV[9]), nil)
 local reassert = ARGV[10] == 'reassert'
 if not trusted and not reassert then
   -- Other servers may not have written their connections back yet: limits cannot be checked.

@@ -1,8 +1,9 @@
 -- Add a member to a group; refuse a new group when the cluster already has max_groups.
 -- KEYS[1] group member set, KEYS[2] group index zset (name -> expiry ms), KEYS[3] this
 -- server's memberships set, KEYS[4] the group's hash server -> member count
--- ARGV[1] group, ARGV[2] channel, ARGV[3] max groups, ARGV[4] group expiry seconds,
--- ARGV[5] membership entry, ARGV[6] server id
+-- ARGV[1] group as a key part (escaped: what the index holds), ARGV[2] channel, ARGV[3] max
+-- groups, ARGV[4] group expiry seconds, ARGV[5] membership entry "<group key part>|<channel>",
+-- ARGV[6] server id
 local now = now_ms()
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)

@@ -1,7 +1,8 @@
 -- Remove a member from a group (idempotent); an empty group leaves the index.
 -- KEYS[1] group member set, KEYS[2] group index zset, KEYS[3] this server's memberships set,
 -- KEYS[4] the group's hash server -> member count
--- ARGV[1] group, ARGV[2] channel, ARGV[3] membership entry, ARGV[4] server id
+-- ARGV[1] group as a key part (escaped), ARGV[2] channel, ARGV[3] membership entry,
+-- ARGV[4] server id
 if redis.call('SREM', KEYS[1], ARGV[2]) == 1 then
   if redis.call('HINCRBY', KEYS[4], ARGV[4], -1) <= 0 then
     redis.call('HDEL', KEYS[4], ARGV[4])

@@ -7,8 +7,7 @@
 -- Returns {reached, expected (-1 while the state is being rebuilt), connections, epoch id}.
 -- PUBLISH returns how many subscribers got the message: one pub/sub connection per server.
 local prefix = ARGV[4]
-local now = now_ms()
-local id, trusted = epoch(KEYS[1], ARGV[5], ARGV[6], tonumber(ARGV[7]), now)
+local id, trusted = epoch(KEYS[1], ARGV[5], ARGV[6], tonumber(ARGV[7]), nil)
 local reached = redis.call('PUBLISH', ARGV[1], ARGV[2])
 local kind = ARGV[3]
 local expected, total = 0, 0

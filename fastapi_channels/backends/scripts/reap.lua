@@ -19,6 +19,8 @@ for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) 
       done = done + 1
     end
     for _, entry in ipairs(redis.call('SPOP', members_key, batch)) do
+      -- "<group key part>|<channel>": an escaped group holds no '|', so the first one splits
+      -- (the channel name after it may hold any). Connection hash values are user key parts.
       local group, channel = string.match(entry, '^(.-)|(.*)$')
       if group then
         local group_key = prefix .. 'group:' .. group

@@ -1,5 +1,6 @@
 -- Keep the groups this server has members in from expiring while they are in use.
--- KEYS[1] group index zset; ARGV[1] key prefix, ARGV[2] group expiry seconds, ARGV[3..] group names
+-- KEYS[1] group index zset; ARGV[1] key prefix, ARGV[2] group expiry seconds, ARGV[3..] group
+-- names as key parts (escaped, as the index and the keys hold them)
 local now = now_ms()
 local expiry = tonumber(ARGV[2])
 for i = 3, #ARGV do

@@ -11,6 +11,7 @@ a SystemError frame whose error_id is in the server log next to the traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -20,13 +21,17 @@ from fastapi_channels.exceptions import BaseError, CloseCode, MessageError, Syst
 from fastapi_channels.messages import Message
 
 if TYPE_CHECKING:
+    from starlette.websockets import WebSocket
+
     from fastapi_channels.connection import Connection
+    from fastapi_channels.endpoint import UserIdSource
     from fastapi_channels.manager import ConnectionManager
     from fastapi_channels.middleware.base import Middleware
 
 __all__ = ["BaseConsumer"]
 
-logger = logging.getLogger(__name__)
+# Named as before the module became consumer/base.py, so logging configurations keep working.
+logger = logging.getLogger("fastapi_channels.consumer")
 
 HEARTBEAT_TYPES = frozenset({"ping", "pong"})
 BINARY_TYPE = "binary"
@@ -40,6 +45,8 @@ class BaseConsumer:
     """
 
     message_types: ClassVar[dict[str, type[pydantic.BaseModel]]] = {}
+    subprotocols: ClassVar[tuple[str, ...]] = ()
+    """Subprotocols this consumer speaks, by preference; `serve` picks one the client offered."""
 
     def __init__(
         self,
@@ -55,6 +62,61 @@ class BaseConsumer:
         for name, value in kwargs.items():
             setattr(self, name, value)
         self._disconnected = False
+        # Whoever closes the connection (the client, the heartbeat, a slow-consumer policy,
+        # a disconnect from any server), on_disconnect runs first, while it is still a member.
+        connection.set_close_hook(self._run_on_disconnect)
+
+    # --- serving a socket ----------------------------------------------------------------------
+    @classmethod
+    async def serve(
+        cls,
+        websocket: WebSocket,
+        manager: ConnectionManager,
+        *,
+        user_id: str | None = None,
+        connection_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        middleware: Middleware | None = None,
+        **consumer_kwargs: Any,
+    ) -> None:
+        """Accept `websocket`, run a consumer of this class on it until it closes, clean up once.
+
+        The whole endpoint in one line: ``await ChatConsumer.serve(websocket, manager,
+        user_id=user_id, middleware=stack, database=db)`` (see `fastapi_channels.endpoint`).
+        """
+        from fastapi_channels.endpoint import serve_consumer
+
+        await serve_consumer(
+            cls,
+            websocket,
+            manager,
+            user_id=user_id,
+            connection_id=connection_id,
+            metadata=metadata,
+            middleware=middleware,
+            **consumer_kwargs,
+        )
+
+    @classmethod
+    def as_route(
+        cls,
+        manager: ConnectionManager,
+        *,
+        user_id: UserIdSource = None,
+        middleware: Middleware | None = None,
+        **consumer_kwargs: Any,
+    ) -> Callable[[WebSocket], Awaitable[None]]:
+        """An endpoint for ``app.add_api_websocket_route("/ws/{user_id}", Consumer.as_route(manager,
+        user_id="user_id"))`` (FastAPI) or Starlette's ``WebSocketRoute``: `user_id` names a path
+        parameter, or is a function of the socket."""
+        from fastapi_channels.endpoint import websocket_route
+
+        return websocket_route(cls, manager, user_id=user_id, middleware=middleware, **consumer_kwargs)
+
+    @classmethod
+    def select_subprotocol(cls, offered: Sequence[str]) -> str | None:
+        """The subprotocol to accept: the first of `subprotocols` the client offered, else None."""
+        return next((mine for mine in cls.subprotocols if mine in offered), None)
 
     @property
     def channel_name(self) -> str:
@@ -91,6 +153,12 @@ class BaseConsumer:
     # --- lifecycle -----------------------------------------------------------------------------
     async def disconnect(self, code: int = CloseCode.NORMAL_CLOSURE) -> None:
         """Run `on_disconnect` once, then leave every group, unregister and close. Safe to call twice."""
+        try:
+            await self._run_on_disconnect(code)
+        finally:
+            await self.manager.disconnect(self.channel_name, code)
+
+    async def _run_on_disconnect(self, code: int) -> None:
         if self._disconnected:
             return
         self._disconnected = True
@@ -98,8 +166,6 @@ class BaseConsumer:
             await self.on_disconnect(code)
         except Exception:
             logger.exception("on_disconnect of %s failed", self.channel_name)
-        finally:
-            await self.manager.disconnect(self.channel_name, code)
 
     # --- sending -------------------------------------------------------------------------------
     async def send(self, message: Any) -> bool:
@@ -127,7 +193,21 @@ class BaseConsumer:
     async def send_to_group_except_sender(self, group: str, message: Any) -> None:
         await self.manager.send_group_except(group, message, self.channel_name)
 
-    send_group_except = send_to_group_except_sender
+    async def send_group_except(
+        self,
+        group: str,
+        message: Any,
+        exclude: str | Iterable[str] | None = None,
+        *,
+        exclude_connection_id: str | None = None,
+    ) -> None:
+        """Send to a group minus some channel names: this connection's own unless given
+        (as `exclude`, or `exclude_connection_id` as in the spec's manager)."""
+        if exclude is None and exclude_connection_id is None:
+            exclude = self.channel_name
+        await self.manager.send_group_except(
+            group, message, exclude, exclude_connection_id=exclude_connection_id
+        )
 
     # --- incoming ------------------------------------------------------------------------------
     async def handle_message(self, json_str: str | None = None, binary: bytes | None = None) -> None:
@@ -139,7 +219,7 @@ class BaseConsumer:
                     await self.send({"type": "pong", "timestamp": message.created_at})
                 return  # liveness was recorded when the frame arrived
             if self.middleware_stack is not None:
-                processed = await self.middleware_stack.process(message, self.connection, self)
+                processed = await self.middleware_stack(message, self.connection, self)
                 if processed is None:
                     return
                 message = processed
