@@ -4,6 +4,11 @@ A room `<name>` is the library group `room.<name>`. Messages and rooms are store
 `ChatDatabase` (async methods, off the event loop). Who is in a room, on every server, is
 the room's group members (cluster-wide, cleaned up by the library when a server dies)
 matched with the presence rows each connection writes when it joins.
+
+Abuse bounds: an admin-only room (`RoomAccess`) is refused before anything about it is
+read or created; rooms are created within the database's room limits (joining a missing
+room creates it, as the spec's example does); typing events go through a
+`TypingCoalescer`, at most one fan-out per user and room per interval.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 
-from example.database import ChatDatabase, DatabaseClosedError
+from example.access import ROOM_GROUP_PREFIX, RoomAccess
+from example.database import ChatDatabase, DatabaseClosedError, RoomLimitError
 from example.protocol import (
     CLIENT_MESSAGES,
     MAX_TEXT_LENGTH,
@@ -48,21 +54,31 @@ from example.protocol import (
     frame,
 )
 from fastapi_channels import BaseConsumer, Message
-from fastapi_channels.exceptions import AuthorizationError, MessageError, ValidationError
+from fastapi_channels.exceptions import AuthorizationError, MessageError, RateLimitError, ValidationError
 
 if TYPE_CHECKING:
+    from example.typing_indicators import TypingCoalescer, TypingSend
     from fastapi_channels import Connection, ConnectionManager
     from fastapi_channels.middleware import Middleware
 
-__all__ = ["ROOM_GROUP_PREFIX", "ChatConsumer", "room_group"]
+__all__ = ["ROOM_GROUP_PREFIX", "ChatConsumer", "room_group", "typing_sender"]
 
 logger = logging.getLogger(__name__)
-
-ROOM_GROUP_PREFIX = "room."
 
 
 def room_group(room: str) -> str:
     return ROOM_GROUP_PREFIX + room
+
+
+def typing_sender(manager: ConnectionManager) -> TypingSend:
+    """How a `TypingCoalescer` fans a typing state out: to the room minus the typing connection."""
+
+    async def send(room: str, user_id: str, typing: bool, exclude: str) -> None:
+        model = UserTypingStartFrame if typing else UserTypingStopFrame
+        message = frame(model(room=room, user_id=user_id, username=user_id))
+        await manager.send_group_except(room_group(room), message, exclude)
+
+    return send
 
 
 class ChatConsumer(BaseConsumer):
@@ -74,6 +90,9 @@ class ChatConsumer(BaseConsumer):
     }
     max_file_bytes: ClassVar[int] = 256 * 1024
     history_on_join: ClassVar[int] = 50
+    access: ClassVar[RoomAccess] = RoomAccess(admins=frozenset())
+    # None: every typing event is fanned out, as in the spec; the app always sets one.
+    typing_indicators: ClassVar[TypingCoalescer | None] = None
 
     database: ChatDatabase
 
@@ -89,10 +108,24 @@ class ChatConsumer(BaseConsumer):
             raise TypeError("ChatConsumer needs database=ChatDatabase(...)")
 
     @classmethod
-    def configured(cls, *, max_file_bytes: int, history_on_join: int) -> type[ChatConsumer]:
-        """A subclass with these limits (the app builds one from its settings)."""
+    def configured(
+        cls,
+        *,
+        max_file_bytes: int,
+        history_on_join: int,
+        access: RoomAccess,
+        typing_indicators: TypingCoalescer,
+    ) -> type[ChatConsumer]:
+        """A subclass with these limits and the app's shared policies (built from its settings)."""
         return type(
-            cls.__name__, (cls,), {"max_file_bytes": max_file_bytes, "history_on_join": history_on_join}
+            cls.__name__,
+            (cls,),
+            {
+                "max_file_bytes": max_file_bytes,
+                "history_on_join": history_on_join,
+                "access": access,
+                "typing_indicators": typing_indicators,
+            },
         )
 
     # --- helpers -------------------------------------------------------------------------------
@@ -121,6 +154,34 @@ class ChatConsumer(BaseConsumer):
                 details={"field": "data.room", "room": room},
             )
         return row
+
+    def _require_access(self, room: str, message_type: str, error_code: str) -> None:
+        """Refuse an admin-only room to anyone else, before anything about it is read or made.
+
+        The same answer whether or not the room exists, so nobody can probe admin rooms.
+        """
+        if not self.access.may_enter(self.user_id, room):
+            raise AuthorizationError(
+                f"room {room!r} is for admins only",
+                error_code=error_code,
+                details={"field": "data.room", "room": room},
+                message_type=message_type,
+            )
+
+    async def _create_room(self, room: str, description: str) -> dict[str, Any] | None:
+        """The new room (the database hook tells everyone), None if it exists; limits refused."""
+        try:
+            return await self.database.create_room(room, description, self.uid)
+        except RoomLimitError as exc:
+            per_user = exc.limit == "rooms_per_user"
+            raise RateLimitError(
+                f"you have created {exc.maximum} rooms, the most one user may"
+                if per_user
+                else f"there are {exc.maximum} rooms, the most this chat holds",
+                error_code="USER_ROOM_LIMIT_REACHED" if per_user else "ROOM_LIMIT_REACHED",
+                retryable=False,
+                details={"field": "data.room", "room": room, f"max_{exc.limit}": exc.maximum},
+            ) from None
 
     def _require_member(self, room: str, message_type: str) -> None:
         if room_group(room) not in self.connection.groups:
@@ -180,11 +241,16 @@ class ChatConsumer(BaseConsumer):
 
     # --- rooms ---------------------------------------------------------------------------------
     async def on_join_room(self, message: Message) -> None:
+        """Join a room, creating it when it does not exist (as the spec's example does)."""
         data: RoomData = message.data
-        await self._join(data.room)
+        self._require_access(data.room, message.type, "JOIN_FORBIDDEN")
+        info = await self.database.get_room(data.room)
+        if info is None:
+            # None again: someone created it meanwhile, and it is joined like any room.
+            info = await self._create_room(data.room, "") or await self._existing_room(data.room)
+        await self._join(data.room, info)
 
-    async def _join(self, room: str) -> None:
-        info = await self._existing_room(room)
+    async def _join(self, room: str, info: dict[str, Any]) -> None:
         group = room_group(room)
         newly_present = group not in self.connection.groups and not await self._user_present(room)
         await self.join_group(group)
@@ -217,15 +283,16 @@ class ChatConsumer(BaseConsumer):
 
     async def on_create_room(self, message: Message) -> None:
         data: CreateRoomData = message.data
-        # The database's "room_created" hook (see external_events) tells everyone.
-        created = await self.database.create_room(data.room, data.description, self.uid)
+        # Checked first: a non-admin must not be able to squat an admin room's name.
+        self._require_access(data.room, message.type, "JOIN_FORBIDDEN")
+        created = await self._create_room(data.room, data.description)
         if created is None:
             raise ValidationError(
                 f"room {data.room!r} already exists",
                 error_code="ROOM_EXISTS",
                 details={"field": "data.room", "room": data.room},
             )
-        await self._join(data.room)
+        await self._join(data.room, created)
 
     async def on_list_rooms(self, message: Message) -> None:
         await self.send_frame(RoomsListFrame(rooms=await self._room_summaries()))
@@ -237,6 +304,7 @@ class ChatConsumer(BaseConsumer):
 
     async def on_get_message_history(self, message: Message) -> None:
         data: GetMessageHistoryData = message.data
+        self._require_access(data.room, message.type, "ROOM_FORBIDDEN")
         await self._existing_room(data.room)
         rows = await self.database.recent_messages(data.room, data.limit, data.before_id)
         await self.send_frame(
@@ -286,18 +354,19 @@ class ChatConsumer(BaseConsumer):
     async def on_typing_start(self, message: Message) -> None:
         data: RoomData = message.data
         self._require_member(data.room, message.type)
-        await self.send_to_group_except_sender(
-            room_group(data.room),
-            frame(UserTypingStartFrame(room=data.room, user_id=self.uid, username=self.username)),
-        )
+        await self._typing(data.room, True)
 
     async def on_typing_stop(self, message: Message) -> None:
         data: RoomData = message.data
         self._require_member(data.room, message.type)
-        await self.send_to_group_except_sender(
-            room_group(data.room),
-            frame(UserTypingStopFrame(room=data.room, user_id=self.uid, username=self.username)),
-        )
+        await self._typing(data.room, False)
+
+    async def _typing(self, room: str, typing: bool) -> None:
+        """Typing is not rate limited, so it is coalesced instead: see `TypingCoalescer`."""
+        if self.typing_indicators is not None:
+            await self.typing_indicators.offer(self.uid, room, typing, self.channel_name)
+        else:
+            await typing_sender(self.manager)(room, self.uid, typing, self.channel_name)
 
     async def on_file_message(self, message: Message) -> None:
         data: FileMessageData = message.data

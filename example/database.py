@@ -11,6 +11,12 @@ Every query is parameterised.
 `listen(event, fn)` registers a hook called synchronously in the database thread after
 the change is committed, like SQLAlchemy's `event.listen(Model, "after_insert", fn)`:
 events are "room_created" and "message_saved", with the new row as a dict.
+
+Rooms are bounded here, where every creator passes (a client, the REST API, an admin
+script): at most `max_rooms` in all and `max_rooms_per_user` created by one user, checked
+and inserted in one statement, so two servers sharing the file cannot both take the last
+place. Over a limit `create_room` raises `RoomLimitError`; nothing is evicted. The room
+list puts the built-in rooms first, so however many rooms there are, newcomers see them.
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ from typing import Any, Literal, TypeVar
 
 from example.settings import DEFAULT_DB_PATH
 
-__all__ = ["DEFAULT_ROOMS", "ChatDatabase", "DatabaseClosedError"]
+__all__ = [
+    "DEFAULT_MAX_ROOMS",
+    "DEFAULT_MAX_ROOMS_PER_USER",
+    "DEFAULT_ROOMS",
+    "ChatDatabase",
+    "DatabaseClosedError",
+    "RoomLimitError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +54,8 @@ DEFAULT_ROOMS: tuple[tuple[str, str], ...] = (
     ("general", "Everyone"),
     ("random", "Anything goes"),
 )
+DEFAULT_MAX_ROOMS = 200
+DEFAULT_MAX_ROOMS_PER_USER = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -67,6 +82,7 @@ CREATE TABLE IF NOT EXISTS messages (
     file_size  INTEGER,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rooms_created_by ON rooms (created_by);
 CREATE INDEX IF NOT EXISTS messages_room_id ON messages (room, id);
 CREATE TABLE IF NOT EXISTS room_presence (
     channel_name TEXT NOT NULL,
@@ -85,6 +101,15 @@ _MESSAGE_COLUMNS = "id, room, user_id, username, kind, text, file_name, file_mim
 
 class DatabaseClosedError(RuntimeError):
     """The database was closed (the app is shutting down)."""
+
+
+class RoomLimitError(Exception):
+    """A room was not created: `limit` is "rooms" (all rooms) or "rooms_per_user" (its creator's)."""
+
+    def __init__(self, limit: Literal["rooms", "rooms_per_user"], maximum: int) -> None:
+        super().__init__(f"room limit reached: {limit} <= {maximum}")
+        self.limit = limit
+        self.maximum = maximum
 
 
 def _message(row: sqlite3.Row) -> Row:
@@ -115,8 +140,16 @@ def _room(row: sqlite3.Row) -> Row:
 class ChatDatabase:
     """SQLite persistence of the chat. Opens lazily on first use; `close()` is final."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+        max_rooms_per_user: int = DEFAULT_MAX_ROOMS_PER_USER,
+    ) -> None:
         self.path = Path(path if path is not None else os.environ.get("CHAT_DB_PATH") or DEFAULT_DB_PATH)
+        self.max_rooms = max_rooms
+        self.max_rooms_per_user = max_rooms_per_user
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._worker: int | None = None  # thread id of the database thread
@@ -253,14 +286,33 @@ class ChatDatabase:
         return await self._run(run)
 
     async def create_room(self, name: str, description: str, created_by: str | None) -> Row | None:
-        """The new room, or None when a room of that name exists. Emits "room_created"."""
+        """The new room, or None when a room of that name exists. Emits "room_created".
+
+        Raises `RoomLimitError` when there are `max_rooms` rooms, or when `created_by` has
+        created `max_rooms_per_user` (rooms created by no user, `None`, count in the total only).
+        """
 
         def run(conn: sqlite3.Connection) -> Row | None:
+            # One statement: the checks and the insert are atomic, also across processes.
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO rooms (name, description, created_by, created_at) VALUES (?, ?, ?, ?)",
-                (name, description, created_by, time.time()),
+                "INSERT INTO rooms (name, description, created_by, created_at) SELECT ?, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM rooms WHERE name = ?) "
+                "AND (SELECT COUNT(*) FROM rooms) < ? "
+                "AND (? IS NULL OR (SELECT COUNT(*) FROM rooms WHERE created_by = ?) < ?)",
+                (
+                    name,
+                    description,
+                    created_by,
+                    time.time(),
+                    name,
+                    self.max_rooms,
+                    created_by,
+                    created_by,
+                    self.max_rooms_per_user,
+                ),
             )
             if cursor.rowcount == 0:
+                self._raise_limit_unless_exists(conn, name)
                 return None
             row = conn.execute(
                 "SELECT name, description, created_by, created_at FROM rooms WHERE name = ?", (name,)
@@ -271,6 +323,14 @@ class ChatDatabase:
 
         return await self._run(run)
 
+    def _raise_limit_unless_exists(self, conn: sqlite3.Connection, name: str) -> None:
+        """An insert of room `name` inserted nothing: fine when it exists, else a limit refused it."""
+        if conn.execute("SELECT 1 FROM rooms WHERE name = ?", (name,)).fetchone() is not None:
+            return
+        if int(conn.execute("SELECT COUNT(*) FROM rooms").fetchone()[0]) >= self.max_rooms:
+            raise RoomLimitError("rooms", self.max_rooms)
+        raise RoomLimitError("rooms_per_user", self.max_rooms_per_user)
+
     async def get_room(self, name: str) -> Row | None:
         def run(conn: sqlite3.Connection) -> Row | None:
             row = conn.execute(
@@ -280,10 +340,21 @@ class ChatDatabase:
 
         return await self._run(run)
 
-    async def list_rooms(self, limit: int = 500) -> list[Row]:
+    async def list_rooms(self, limit: int | None = None) -> list[Row]:
+        """The built-in rooms in their order, then the others by name: `limit` in all
+        (default `max_rooms`, so every room when the file keeps to the limit)."""
+        defaults = [name for name, _ in DEFAULT_ROOMS]
+        order = " ".join("WHEN ? THEN ?" for _ in defaults)
+
         def run(conn: sqlite3.Connection) -> list[Row]:
             rows = conn.execute(
-                "SELECT name, description, created_by, created_at FROM rooms ORDER BY name LIMIT ?", (limit,)
+                "SELECT name, description, created_by, created_at FROM rooms "  # noqa: S608 - placeholders only
+                f"ORDER BY CASE name {order} ELSE ? END, name LIMIT ?",
+                (
+                    *(value for index, name in enumerate(defaults) for value in (name, index)),
+                    len(defaults),
+                    limit if limit is not None else self.max_rooms,
+                ),
             ).fetchall()
             return [_room(row) for row in rows]
 

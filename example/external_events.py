@@ -12,21 +12,34 @@ first `ConnectionManager` of the process (the app's). Two situations:
 
 The app wires `EventBridge.on_room_created` to `ChatDatabase.listen("room_created", ...)`:
 every room inserted into the database is announced to everyone, whoever inserted it.
+
+Delayed announcements are held in memory until they are due, so they are bounded: at most
+`max_scheduled` on this server, `max_scheduled_per_owner` for one caller, each at most
+`max_delay` seconds ahead. Over a bound, `schedule_announcement` raises `ScheduleFullError`
+(the REST API answers 429 with `Retry-After`: when the earliest place frees) and nothing is
+held; what is already scheduled is never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from example.protocol import AnnouncementFrame, BackgroundUpdateFrame, RoomCreatedFrame, frame
 from fastapi_channels import ConnectionManager, get_manager
 
-__all__ = ["EventBridge", "send_broadcast_from_external_code", "send_group_message_from_background_task"]
+__all__ = [
+    "EventBridge",
+    "ScheduleFullError",
+    "send_broadcast_from_external_code",
+    "send_group_message_from_background_task",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +60,14 @@ async def send_group_message_from_background_task(
     await manager.send_to_group(group_name, frame(BackgroundUpdateFrame(group=group_name, data=data)))
 
 
+class ScheduleFullError(Exception):
+    """No place for another delayed announcement; `retry_after` seconds until one frees."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class EventBridge:
     """Runs sends on the app's event loop for code that lives elsewhere.
 
@@ -54,11 +75,24 @@ class EventBridge:
     lifespan), `aclose()` at shutdown; sends submitted while unbound are dropped and logged.
     """
 
-    def __init__(self, manager: ConnectionManager | None = None) -> None:
+    def __init__(
+        self,
+        manager: ConnectionManager | None = None,
+        *,
+        max_scheduled: int = 100,
+        max_scheduled_per_owner: int = 10,
+        max_delay: float = 300.0,
+    ) -> None:
         self._manager = manager
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[concurrent.futures.Future[Any] | asyncio.Future[Any]] = set()
         self._lock = threading.Lock()
+        self.max_scheduled = max_scheduled
+        self.max_scheduled_per_owner = max_scheduled_per_owner
+        self.max_delay = max_delay
+        # id -> (owner, due time): what is held, for the bounds and Retry-After.
+        self._scheduled: dict[int, tuple[str | None, float]] = {}
+        self._ids = itertools.count()
 
     @property
     def manager(self) -> ConnectionManager:
@@ -78,15 +112,20 @@ class EventBridge:
         if waiting:
             await asyncio.wait(waiting, timeout=2)
 
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any] | None:
+    def submit(
+        self, coro: Coroutine[Any, Any, Any], on_done: Callable[[], None] | None = None
+    ) -> concurrent.futures.Future[Any] | None:
         """Run `coro` on the app's loop from any thread; failures are logged, not raised.
 
         From another thread it returns a concurrent Future (`.result(timeout)` to wait for it).
+        `on_done()` runs once the coroutine is over: done, failed, cancelled or never started.
         """
         loop = self._loop
         if loop is None or loop.is_closed():
             coro.close()
             logger.warning("event dropped: the app is not running")
+            if on_done is not None:
+                on_done()
             return None
         try:
             running = asyncio.get_running_loop()
@@ -94,16 +133,22 @@ class EventBridge:
             running = None
         if running is loop:
             task = loop.create_task(coro)
-            self._track(task)
+            self._track(task, on_done)
             return None
         future = asyncio.run_coroutine_threadsafe(coro, loop)
-        self._track(future)
+        self._track(future, on_done)
         return future
 
-    def _track(self, future: concurrent.futures.Future[Any] | asyncio.Future[Any]) -> None:
+    def _track(
+        self,
+        future: concurrent.futures.Future[Any] | asyncio.Future[Any],
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
+        if on_done is not None:
+            future.add_done_callback(lambda _: on_done())
 
     def _done(self, future: concurrent.futures.Future[Any] | asyncio.Future[Any]) -> None:
         with self._lock:
@@ -125,14 +170,48 @@ class EventBridge:
     async def _broadcast(self, message: dict[str, Any]) -> None:
         await self.manager.broadcast(message)
 
-    def schedule_announcement(self, message: str, delay: float) -> None:
-        """A background task: broadcast `message` after `delay` seconds (e.g. a reminder)."""
+    def schedule_announcement(self, message: str, delay: float, owner: str | None = None) -> None:
+        """A background task: broadcast `message` after `delay` seconds (e.g. a reminder).
+
+        Raises ValueError over `max_delay`, `ScheduleFullError` when this server holds
+        `max_scheduled` announcements or `owner` holds `max_scheduled_per_owner`.
+        """
+        if delay > self.max_delay:
+            raise ValueError(f"delay_seconds is at most {self.max_delay:g} here")
+        handle = self._reserve(owner, delay)
 
         async def later() -> None:
             await asyncio.sleep(delay)
             await send_broadcast_from_external_code(message, source="background_task", manager=self._manager)
 
-        self.submit(later())
+        self.submit(later(), on_done=lambda: self._release(handle))
+
+    def scheduled_count(self) -> int:
+        """Delayed announcements held on this server now."""
+        with self._lock:
+            return len(self._scheduled)
+
+    def _reserve(self, owner: str | None, delay: float) -> int:
+        now = time.monotonic()
+        with self._lock:
+            held = list(self._scheduled.values())
+            mine = [due for who, due in held if who == owner]
+            if len(held) >= self.max_scheduled:
+                raise ScheduleFullError(
+                    f"{self.max_scheduled} announcements are scheduled on this server",
+                    min(due for _, due in held) - now,
+                )
+            if len(mine) >= self.max_scheduled_per_owner:
+                raise ScheduleFullError(
+                    f"you have {self.max_scheduled_per_owner} announcements scheduled", min(mine) - now
+                )
+            handle = next(self._ids)
+            self._scheduled[handle] = (owner, now + delay)
+            return handle
+
+    def _release(self, handle: int) -> None:
+        with self._lock:
+            self._scheduled.pop(handle, None)
 
     def run_job_in_thread(self, group_name: str, data: dict[str, Any], timeout: float = 10.0) -> None:
         """A Celery-style job body: blocking code in a worker thread that sends to a group.

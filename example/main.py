@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, HTTPException, Path, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import HTTPConnection
 
+from example.access import Caller, CallerDep, RestAuth, RoomAccess
 from example.consumers import ChatConsumer as BaseChatConsumer
-from example.consumers import room_group
+from example.consumers import room_group, typing_sender
 from example.database import ChatDatabase
 from example.external_events import (
     EventBridge,
+    ScheduleFullError,
     send_broadcast_from_external_code,
     send_group_message_from_background_task,
 )
@@ -43,6 +46,7 @@ from example.protocol import NotificationFrame as NotificationFrameModel
 from example.schemas import (
     AnnounceIn,
     AnnounceOut,
+    ApiError,
     ErrorOut,
     GroupMessageIn,
     GroupMessageOut,
@@ -54,6 +58,7 @@ from example.schemas import (
     StatusOut,
 )
 from example.settings import ChatSettings
+from example.typing_indicators import TypingCoalescer
 from fastapi_channels import Connection, ConnectionManager, get_manager
 from fastapi_channels.auth import WebSocketAuth
 from fastapi_channels.config import WSConfig
@@ -77,6 +82,14 @@ RoomPath = Annotated[str, Path(pattern=ROOM_PATTERN, description="room name")]
 UserPath = Annotated[str, Path(pattern=USER_PATTERN, description="user id")]
 GroupPath = Annotated[str, Path(pattern=USER_PATTERN, description="group name; a room's is room.<room>")]
 
+UNAUTHENTICATED = (401, "CHAT_ACCESS_TOKENS is set and no valid bearer token came")
+FORBIDDEN_ROOM = (403, "ROOM_FORBIDDEN: an admin-* room, and the caller is no admin")
+
+
+def refusals(*statuses: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for REST refusals; their body is ErrorOut (detail, error_code)."""
+    return {status: {"model": ErrorOut, "description": description} for status, description in statuses}
+
 
 def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None = None) -> FastAPI:
     """An independent chat app: its own ConnectionManager, ChatDatabase and middleware chain."""
@@ -84,11 +97,12 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     settings = settings if settings is not None else ChatSettings()
 
     # Who may join which group: rooms named admin-* are for CHAT_ADMINS only. The hook runs on
-    # the server that owns the connection, for local and remote joins alike.
-    admins = settings.admins()
+    # the server that owns the connection, for local and remote joins alike; the consumer
+    # and the REST API ask the same RoomAccess before they read or create anything.
+    access = RoomAccess(admins=settings.admins())
 
     def authorize_join(connection: Connection, group: str) -> bool:
-        return not group.startswith(room_group("admin-")) or connection.user_id in admins
+        return access.may_use_group(connection.user_id, group)
 
     # Unified connection manager (MemoryBackend or RedisBackend, from BACKEND_TYPE)
     manager = ConnectionManager(ws_config=ws_config, authorize_join=authorize_join)
@@ -97,8 +111,12 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     # /ws/{user_id} needs that user's token, else it is refused before anything registers.
     tokens = settings.access_tokens()
     token_auth = WebSocketAuth(verify=tokens.get) if tokens else None
+    # The REST API takes the same tokens, checked by the same function (see example.access).
+    rest_auth = RestAuth(verify=token_auth.verify if token_auth is not None else None)
 
-    async def authenticated(websocket: WebSocket, user_id: str) -> str:
+    # The user id is checked against the chat's own rule (USER_PATTERN, as in the REST paths and
+    # `to_user`) before the handshake, whatever names the library accepts: 403 otherwise.
+    async def authenticated(websocket: WebSocket, user_id: UserPath) -> str:
         if token_auth is None:
             return user_id
         if await token_auth(websocket) != user_id:
@@ -127,16 +145,35 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
         )
     )
 
-    # Persistence layer (opened on first use, in its own thread)
-    db = ChatDatabase(settings.CHAT_DB_PATH)
+    # Persistence layer (opened on first use, in its own thread); it bounds the rooms.
+    db = ChatDatabase(
+        settings.CHAT_DB_PATH,
+        max_rooms=settings.CHAT_MAX_ROOMS,
+        max_rooms_per_user=settings.CHAT_MAX_ROOMS_PER_USER,
+    )
 
     # Sends from outside a connection: the database's room hook, background tasks, threads.
     # The process's first manager is get_manager(); an app built beside it keeps its own.
-    events = EventBridge(None if get_manager() is manager else manager)
+    events = EventBridge(
+        None if get_manager() is manager else manager,
+        max_scheduled=settings.CHAT_MAX_SCHEDULED_ANNOUNCEMENTS,
+        max_scheduled_per_owner=settings.CHAT_MAX_SCHEDULED_PER_USER,
+        max_delay=settings.CHAT_MAX_ANNOUNCE_DELAY,
+    )
     db.listen("room_created", events.on_room_created)
 
+    # Typing is not rate limited: at most one fan-out per user and room per interval instead.
+    typing = TypingCoalescer(
+        typing_sender(manager),
+        interval=settings.CHAT_TYPING_INTERVAL,
+        max_entries=settings.CHAT_TYPING_MAX_ENTRIES,
+    )
+
     ChatConsumer = BaseChatConsumer.configured(  # the name the spec's endpoint uses
-        max_file_bytes=settings.CHAT_MAX_FILE_BYTES, history_on_join=settings.CHAT_HISTORY_ON_JOIN
+        max_file_bytes=settings.CHAT_MAX_FILE_BYTES,
+        history_on_join=settings.CHAT_HISTORY_ON_JOIN,
+        access=access,
+        typing_indicators=typing,
     )
 
     with open(TEMPLATE_PATH, encoding="utf-8") as f:
@@ -150,6 +187,7 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
         await db.clear_server_presence(manager.server_id)
         yield
         await manager.stop_tasks()
+        await typing.aclose()
         await events.aclose()
         await db.clear_server_presence(manager.server_id)
         if rate_limit_redis is not None:
@@ -164,6 +202,9 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     app.state.manager = manager
     app.state.db = db
     app.state.events = events
+    app.state.typing = typing
+    app.state.rest_auth = rest_auth
+    app.state.access = access
     app.state.settings = settings
     app.state.ws_config = ws_config
 
@@ -196,6 +237,26 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     # One handler for both scopes: Starlette passes a Request or a WebSocket.
     app.add_exception_handler(BaseError, channels_error)  # type: ignore[arg-type]
 
+    async def api_error(conn: HTTPConnection, exc: Exception) -> Response:
+        """A REST refusal with its stable code: `{"detail": ..., "error_code": ...}`."""
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(ApiError, api_error)
+
+    def may_enter(caller: Caller, room: str) -> None:
+        """Admin-only rooms need an admin's token; without tokens nobody is one over REST."""
+        if not access.may_enter(caller.user_id, room):
+            raise access.forbidden(room)
+
+    def sender(caller: Caller, username: str | None) -> str:
+        """Who a REST room message is from: with tokens, the caller and nobody else."""
+        if caller.user_id is None:
+            return username or "system"
+        if username is not None and username != caller.user_id:
+            raise ApiError(403, "USERNAME_MISMATCH", f"the token is {caller.user_id!r}'s, not {username!r}'s")
+        return caller.user_id
+
     @app.websocket("/ws/{user_id}")
     async def websocket_endpoint(
         websocket: WebSocket,
@@ -203,62 +264,54 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
         # A default, not Annotated: the annotation is a string here and names a local function.
         authenticated_user: str = Depends(authenticated),
     ) -> None:
-        connection = await manager.connect(websocket=websocket, user_id=user_id)
+        # The library owns the connection's life: accept, the receive loop, error frames and
+        # close codes, and one disconnect at the end (on_disconnect while still in the rooms).
+        await ChatConsumer.serve(websocket, manager, user_id=user_id, middleware=middleware, database=db)
 
-        consumer = ChatConsumer(
-            connection=connection,
-            manager=manager,
-            middleware_stack=middleware,
-            database=db,
-        )
-
-        try:
-            await consumer.connect()
-
-            while True:
-                message = await websocket.receive()
-                if "text" in message:
-                    json_str = message["text"]
-                    await consumer.handle_message(json_str=json_str)
-                elif "bytes" in message:
-                    binary = message["bytes"]
-                    await consumer.handle_message(binary=binary)
-                else:
-                    # Unknown message type, skip
-                    continue
-
-        except WebSocketDisconnect:
-            await consumer.disconnect(1000)
-        except BaseError as e:
-            if e.should_disconnect():
-                code = e.ws_code
-                await consumer.disconnect(code)
-            else:
-                await consumer.handle_error(e)
-        except Exception:
-            await consumer.disconnect(1011)
-
+    # Every /api/ endpoint but /api/status takes `caller`: with CHAT_ACCESS_TOKENS set, a
+    # request without a valid bearer token is refused with 401 before its handler runs.
     @app.get(
         "/api/rooms/{room_name}/messages",
         response_model=RoomMessagesOut,
-        responses={400: {"model": ErrorOut, "description": "limit outside 1..1000"}},
+        responses=refusals((400, "limit outside 1..1000"), UNAUTHENTICATED, FORBIDDEN_ROOM),
     )
-    def get_room_messages(room_name: str, limit: int = 50) -> dict[str, Any]:
+    def get_room_messages(room_name: str, caller: CallerDep, limit: int = 50) -> dict[str, Any]:
         """REST API endpoint to get message history for a room (oldest first).
 
         A plain `def`: FastAPI runs it in a threadpool, where the sync database call may block.
         """
+        may_enter(caller, room_name)
         if limit < 1 or limit > 1000:
             raise HTTPException(status_code=400, detail="Limit must be between 1 and 1000")
 
         messages = db.get_recent_messages(room_name, limit=limit)
         return {"room": room_name, "messages": messages, "count": len(messages)}
 
-    @app.post("/api/announce", response_model=AnnounceOut)
-    async def announce(body: AnnounceIn) -> AnnounceOut:
-        """Broadcast an announcement to every connection on every server, now or later."""
+    @app.post(
+        "/api/announce",
+        response_model=AnnounceOut,
+        responses=refusals(
+            (400, "DELAY_TOO_LONG: over CHAT_MAX_ANNOUNCE_DELAY"),
+            (429, "TOO_MANY_SCHEDULED, with Retry-After"),
+            UNAUTHENTICATED,
+        ),
+    )
+    async def announce(body: AnnounceIn, caller: CallerDep) -> AnnounceOut:
+        """Broadcast an announcement to every connection on every server, now or later.
+
+        A later one is held in memory until due: bounded in delay, in number on this server
+        and per caller; over a bound it is refused, and nothing already scheduled is dropped.
+        """
         if body.delay_seconds > 0:
-            events.schedule_announcement(body.message, body.delay_seconds)
+            if body.delay_seconds > events.max_delay:
+                raise ApiError(400, "DELAY_TOO_LONG", f"delay_seconds is at most {events.max_delay:g} here")
+            try:
+                events.schedule_announcement(body.message, body.delay_seconds, owner=caller.user_id)
+            except ScheduleFullError as exc:
+                retry_after = str(max(1, math.ceil(exc.retry_after)))
+                raise ApiError(
+                    429, "TOO_MANY_SCHEDULED", str(exc), headers={"Retry-After": retry_after}
+                ) from None
             return AnnounceOut(status="scheduled", delay_seconds=body.delay_seconds)
         await send_broadcast_from_external_code(body.message, source="api", manager=manager)
         return AnnounceOut(status="sent", delay_seconds=0)
@@ -266,21 +319,27 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     @app.post(
         "/api/room/{room_name}/message",
         response_model=RoomMessageOut,
-        responses={404: {"model": ErrorOut, "description": "no such room"}},
+        responses=refusals(
+            (403, "ROOM_FORBIDDEN (admin-* room) or USERNAME_MISMATCH"),
+            (404, "no such room"),
+            UNAUTHENTICATED,
+        ),
     )
-    async def room_message(room_name: RoomPath, body: RoomMessageIn) -> RoomMessageOut:
+    async def room_message(room_name: RoomPath, body: RoomMessageIn, caller: CallerDep) -> RoomMessageOut:
         """Store a message in a room's history and send it to the room's members."""
+        may_enter(caller, room_name)
+        username = sender(caller, body.username)
         if await db.get_room(room_name) is None:
             raise HTTPException(status_code=404, detail=f"no room named {room_name!r}")
-        stored = await db.save_message(room_name, body.username, body.username, body.text)
+        stored = await db.save_message(room_name, username, username, body.text)
         await manager.send_to_group(
             room_group(room_name),
             frame(
                 ChatMessageFrame(
                     id=stored["id"],
                     room=room_name,
-                    user_id=body.username,
-                    username=body.username,
+                    user_id=username,
+                    username=username,
                     text=body.text,
                     timestamp=stored["timestamp"],
                 )
@@ -288,23 +347,41 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
         )
         return RoomMessageOut(status="sent", message=HistoryMessage(**stored))
 
-    @app.post("/api/user/{user_id}/notification", response_model=NotificationOut)
-    async def user_notification(user_id: UserPath, body: NotificationIn) -> NotificationOut:
+    @app.post(
+        "/api/user/{user_id}/notification",
+        response_model=NotificationOut,
+        responses=refusals(UNAUTHENTICATED),
+    )
+    async def user_notification(
+        user_id: UserPath, body: NotificationIn, caller: CallerDep
+    ) -> NotificationOut:
         """Send a notification to every connection of a user, on every server."""
         delivered = await manager.send_to_user(
             user_id, frame(NotificationFrameModel(user_id=user_id, title=body.title, text=body.text))
         )
         return NotificationOut(status="sent", user_id=user_id, delivered=delivered)
 
-    @app.post("/api/group/{group_name}/message", response_model=GroupMessageOut)
-    async def group_message(group_name: GroupPath, body: GroupMessageIn) -> GroupMessageOut:
+    @app.post(
+        "/api/group/{group_name}/message",
+        response_model=GroupMessageOut,
+        responses=refusals(UNAUTHENTICATED, FORBIDDEN_ROOM),
+    )
+    async def group_message(
+        group_name: GroupPath, body: GroupMessageIn, caller: CallerDep
+    ) -> GroupMessageOut:
         """Send a `background_update` to every member of a library group (a room: room.<room>)."""
+        if not access.may_use_group(caller.user_id, group_name):
+            raise access.forbidden(group_name)
         await send_group_message_from_background_task(group_name, body.data, manager=manager)
         return GroupMessageOut(status="sent", group=group_name)
 
     @app.get("/api/status", response_model=StatusOut)
     async def status() -> StatusOut:
-        """Backend type, server id, connection, user and group counts, and this server's counters."""
+        """Backend type, server id, connection, user and group counts, and this server's counters.
+
+        Public, also with tokens: a load balancer's health check has no token, and it shows
+        counts only, no user id, room name or message.
+        """
         stats = manager.get_stats()
         return StatusOut(
             status="ok",
@@ -319,6 +396,7 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
 
     @app.get("/", response_class=HTMLResponse)
     async def get_frontend() -> str:
+        """Public: the page has to load before anyone can present a token."""
         return HTML_TEMPLATE
 
     return app

@@ -63,8 +63,16 @@ ERROR_CODES: dict[str, str] = {
     "MESSAGE_TOO_LARGE": "the frame is larger than `WS_MAX_MESSAGE_SIZE`",
     "INVALID_MESSAGE_DATA": "`data` does not match the type's model (`details.field`, `details.errors`)",
     "RATE_LIMIT_EXCEEDED": "too many messages (see Rate limit); `details.retry_after` seconds",
-    "ROOM_NOT_FOUND": "`join_room`, `get_room_users`, `get_message_history` of a room that does not exist",
+    "ROOM_NOT_FOUND": "`get_room_users`, `get_message_history` of a room that does not exist",
     "ROOM_EXISTS": "`create_room` with the name of an existing room",
+    "JOIN_FORBIDDEN": "`join_room` or `create_room` of an admin-only room (`admin-*`) by a user not in "
+    "`CHAT_ADMINS`; nothing is joined or created",
+    "ROOM_FORBIDDEN": "`get_message_history` of an admin-only room (`admin-*`) by a user not in "
+    "`CHAT_ADMINS`, whether or not the room exists",
+    "ROOM_LIMIT_REACHED": "`create_room`, or `join_room` of a missing room, when the chat holds "
+    "`details.max_rooms` rooms (`CHAT_MAX_ROOMS`); not retryable",
+    "USER_ROOM_LIMIT_REACHED": "`create_room`, or `join_room` of a missing room, by a user who created "
+    "`details.max_rooms_per_user` rooms (`CHAT_MAX_ROOMS_PER_USER`); not retryable",
     "NOT_IN_ROOM": "`chat_message`, `file_message`, typing or `leave_room` in a room you have not joined",
     "USER_OFFLINE": "`private_message` to a user with no connection on any server",
     "FILE_TOO_LARGE": "`file_message` whose decoded content exceeds `max_file_bytes` (from `welcome`)",
@@ -121,7 +129,10 @@ class RoomData(ClientData):
 
 class JoinRoomData(RoomData):
     """Join a room. You get `room_joined`, `room_info`, `message_history` and `room_users`;
-    the other members get `user_joined_room`. Unknown room: error `ROOM_NOT_FOUND`."""
+    the other members get `user_joined_room`. A room that does not exist is created first
+    (as `create_room` with no description: everyone gets `room_created`), within the room
+    limits (`ROOM_LIMIT_REACHED`, `USER_ROOM_LIMIT_REACHED`). Admin-only rooms (`admin-*`):
+    `JOIN_FORBIDDEN` for anyone not in `CHAT_ADMINS`."""
 
 
 class LeaveRoomData(RoomData):
@@ -134,16 +145,20 @@ class GetRoomUsersData(RoomData):
 
 
 class TypingStartData(RoomData):
-    """Tell the other members of a room that you are typing: they get `user_typing_start`."""
+    """Tell the other members of a room that you are typing: they get `user_typing_start`.
+    Coalesced per user and room: at most one fan-out per `CHAT_TYPING_INTERVAL` (1 s); the
+    latest state is sent at the end of the interval (see Rate limit)."""
 
 
 class TypingStopData(RoomData):
-    """Tell the other members of a room that you stopped typing: they get `user_typing_stop`."""
+    """Tell the other members of a room that you stopped typing: they get `user_typing_stop`.
+    Coalesced with `typing_start` (same budget)."""
 
 
 class CreateRoomData(ClientData):
     """Create a room and join it. Everyone connected gets `room_created`; you also get what
-    `join_room` sends. Existing room: error `ROOM_EXISTS`."""
+    `join_room` sends. Existing room: error `ROOM_EXISTS`; over the room limits:
+    `ROOM_LIMIT_REACHED`, `USER_ROOM_LIMIT_REACHED`; `admin-*` by a non-admin: `JOIN_FORBIDDEN`."""
 
     model_config = _examples({"room": "python", "description": "All things Python"})
     room: RoomName
@@ -153,13 +168,15 @@ class CreateRoomData(ClientData):
 
 
 class ListRoomsData(ClientData):
-    """Ask for every room with its member count. Answer: `rooms_list`. `data` may be omitted."""
+    """Ask for every room with its member count, the built-in rooms first. Answer:
+    `rooms_list`. `data` may be omitted."""
 
     model_config = _examples({})
 
 
 class GetMessageHistoryData(ClientData):
-    """Ask for a room's stored messages, oldest first. Answer: `message_history`."""
+    """Ask for a room's stored messages, oldest first. Answer: `message_history`.
+    Admin-only rooms (`admin-*`): `ROOM_FORBIDDEN` for anyone not in `CHAT_ADMINS`."""
 
     model_config = _examples(
         {"room": "general", "limit": 20}, {"room": "general", "limit": 20, "before_id": 120}

@@ -38,7 +38,10 @@ INTRO = """\
 
 The WebSocket protocol of the chat example (`example/`). Connect to `ws://<host>/ws/<user_id>`;
 a user id is 1-100 characters of `A-Z a-z 0-9 _ . @ + -` (anything else is refused before the
-handshake completes, HTTP 403). There is no authentication: the demo trusts the user id.
+handshake completes, HTTP 403). By default there is no authentication and the demo trusts
+the user id; with `CHAT_ACCESS_TOKENS` set, the socket needs that user's token (`?token=`, an
+`Authorization: Bearer` header or a `token` cookie; HTTP 403 otherwise), and so does the REST
+API (bearer header only). Rooms named `admin-*` are for `CHAT_ADMINS` only (example/README.md).
 
 Every frame is a JSON text frame.
 
@@ -186,31 +189,47 @@ def render() -> str:
         + ", ".join(f"`{kind}`" for kind in sorted(RATE_LIMIT_EXCLUDED))
         + ".\n"
     )
+    out.append(
+        "Typing is not counted, so it is coalesced instead: per user and room, the first "
+        "`typing_start`/`typing_stop` goes out at once, later ones within `CHAT_TYPING_INTERVAL` "
+        "seconds (default 1) only record the latest state, which goes out at the end of the "
+        "interval if it changed. The room always ends with the right state; a flood costs it one "
+        "frame per interval.\n"
+    )
 
     out.append("## REST API\n")
-    out.append("Request and response models are in the OpenAPI documentation at `/docs`.\n")
+    out.append(
+        "Request and response models are in the OpenAPI documentation at `/docs`. With "
+        "`CHAT_ACCESS_TOKENS` set, every `/api/` endpoint but `/api/status` needs "
+        "`Authorization: Bearer <token>` (401 otherwise); refusals are JSON "
+        '`{"detail": ..., "error_code": ...}`. Which endpoints are public, and why: '
+        "example/README.md.\n"
+    )
     out.append("| method and path | what it does |")
     out.append("|---|---|")
     for path, what in (
         (
             "GET /api/rooms/{room}/messages?limit=50",
-            "stored messages of a room, oldest first (limit 1-1000, else 400)",
+            "stored messages of a room, oldest first (limit 1-1000, else 400; `admin-*` rooms: "
+            "an admin's token, else 403 `ROOM_FORBIDDEN`)",
         ),
         (
             "POST /api/announce",
-            "`announcement` to everyone, now or after `delay_seconds` (a background task)",
+            "`announcement` to everyone, now or after `delay_seconds` (a background task; "
+            "400 `DELAY_TOO_LONG`, 429 `TOO_MANY_SCHEDULED`)",
         ),
         (
             "POST /api/room/{room}/message",
-            "store a message and send it to the room as `chat_message` (404: no room)",
+            "store a message and send it to the room as `chat_message` (404: no room; "
+            "with tokens it is from the caller)",
         ),
         ("POST /api/user/{user_id}/notification", "`notification` to every connection of a user"),
         (
             "POST /api/group/{group}/message",
             "`background_update` to a group's members (a room: `room.<room>`)",
         ),
-        ("GET /api/status", "backend type, server id, connections, users, groups and counters"),
-        ("GET /", "the HTML client"),
+        ("GET /api/status", "backend type, server id, connections, users, groups and counters (public)"),
+        ("GET /", "the HTML client (public)"),
     ):
         out.append(f"| `{path}` | {what} |")
     out.append("")

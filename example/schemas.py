@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from example.protocol import MAX_TEXT_LENGTH, USER_PATTERN, HistoryMessage
@@ -11,6 +12,7 @@ from example.protocol import MAX_TEXT_LENGTH, USER_PATTERN, HistoryMessage
 __all__ = [
     "AnnounceIn",
     "AnnounceOut",
+    "ApiError",
     "ErrorOut",
     "GroupMessageIn",
     "GroupMessageOut",
@@ -31,6 +33,27 @@ class _In(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str = Field(examples=["Limit must be between 1 and 1000"])
+    error_code: str | None = Field(
+        default=None,
+        description="a stable code for the refusals of authentication, access and limits",
+        examples=["AUTHENTICATION_REQUIRED", "ROOM_FORBIDDEN", "TOO_MANY_SCHEDULED"],
+    )
+
+
+class ApiError(HTTPException):
+    """A REST refusal the app renders as `ErrorOut`: `{"detail": ..., "error_code": ...}`.
+
+    An HTTPException, so without the app's handler it still becomes `{"detail": ...}`.
+    """
+
+    def __init__(
+        self, status_code: int, error_code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.error_code = error_code
+
+    def body(self) -> dict[str, str]:
+        return ErrorOut(detail=str(self.detail), error_code=self.error_code).model_dump()
 
 
 class RoomMessagesOut(BaseModel):
@@ -42,7 +65,11 @@ class RoomMessagesOut(BaseModel):
 class AnnounceIn(_In):
     message: Text = Field(examples=["Maintenance at 18:00 UTC"])
     delay_seconds: float = Field(
-        default=0, ge=0, le=3600, description="0: now; otherwise a background task sends it later"
+        default=0,
+        ge=0,
+        le=3600,
+        description="0: now; otherwise a background task sends it later "
+        "(at most CHAT_MAX_ANNOUNCE_DELAY, 300 by default: 400 DELAY_TOO_LONG above it)",
     )
 
 
@@ -53,8 +80,10 @@ class AnnounceOut(BaseModel):
 
 class RoomMessageIn(_In):
     text: Text = Field(examples=["The build is green again"])
-    username: Annotated[str, StringConstraints(pattern=USER_PATTERN)] = Field(
-        default="system", description="shown as the sender"
+    username: Annotated[str, StringConstraints(pattern=USER_PATTERN)] | None = Field(
+        default=None,
+        description="shown as the sender. With access tokens: yours (the default), anything else is "
+        'refused (403 USERNAME_MISMATCH); without: anything, "system" by default',
     )
 
 

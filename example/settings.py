@@ -33,6 +33,28 @@ class ChatSettings(BaseSettings):
         "(?token=, an Authorization: Bearer header or a token cookie)",
     )
     CHAT_ADMINS: str = Field(default="", description="comma-separated users allowed into rooms named admin-*")
+    # Bounds on what a client can make the server hold; each says what happens when it is full.
+    CHAT_MAX_ROOMS: int = Field(
+        default=200, ge=1, description="rooms in all, built-in ones included; creating more is refused"
+    )
+    CHAT_MAX_ROOMS_PER_USER: int = Field(
+        default=10, ge=0, description="rooms one user may create (rooms are never deleted); then refused"
+    )
+    CHAT_MAX_SCHEDULED_ANNOUNCEMENTS: int = Field(
+        default=100, ge=1, description="delayed announcements held by one server; then 429"
+    )
+    CHAT_MAX_SCHEDULED_PER_USER: int = Field(
+        default=10, ge=1, description="delayed announcements held for one caller (anonymous: one caller)"
+    )
+    CHAT_MAX_ANNOUNCE_DELAY: float = Field(
+        default=300.0, gt=0, le=3600, description="largest delay_seconds of POST /api/announce"
+    )
+    CHAT_TYPING_INTERVAL: float = Field(
+        default=1.0, gt=0, description="at most one typing fan-out per user and room per interval (seconds)"
+    )
+    CHAT_TYPING_MAX_ENTRIES: int = Field(
+        default=10_000, ge=1, description="(user, room) pairs typing at once on one server; new ones dropped"
+    )
 
     def access_tokens(self) -> dict[str, str]:
         """token -> user id."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, ClassVar, cast
 
@@ -15,11 +16,19 @@ from example.protocol import SERVER_FRAMES
 from tests.support.server_process import ROOT, ServerProcess
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds (a bound, not a measurement)."""
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Poll `condition` (plain or async) until it holds; fail after `timeout` seconds (a bound,
+    not a measurement)."""
+
+    async def holds() -> bool:
+        result = condition()
+        return await result if inspect.isawaitable(result) else result
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not condition():
+    while not await holds():
         if loop.time() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         await asyncio.sleep(0.01)
@@ -39,8 +48,9 @@ class ChatClient:
         ChatClient.opened.append(self)
 
     @classmethod
-    async def open(cls, ws_url: str, user: str) -> ChatClient:
-        ws = await connect(f"{ws_url}/ws/{user}", open_timeout=10, max_size=4 * 1024 * 1024)
+    async def open(cls, ws_url: str, user: str, token: str | None = None) -> ChatClient:
+        query = f"?token={token}" if token is not None else ""
+        ws = await connect(f"{ws_url}/ws/{user}{query}", open_timeout=10, max_size=4 * 1024 * 1024)
         client = cls(ws, user)
         client.welcome = await client.expect("welcome", timeout=10)
         return client

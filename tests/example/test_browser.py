@@ -108,15 +108,14 @@ async def test_two_users_chat_in_the_browser(browser: Any, chat: RunningChat, tm
 
     # a dropped connection: the page reconnects with backoff and joins its rooms again
     manager = chat.app.state.manager
-    [old] = manager.get_user_connections("alice")
+    [old] = await manager.get_user_connections("alice")
     await manager.disconnect(old.channel_name, 1012)
-    await wait_for(
-        lambda: (
-            [c.channel_name for c in manager.get_user_connections("alice")] not in ([], [old.channel_name])
-        ),
-        timeout=15,
-        what="alice reconnected",
-    )
+
+    async def reconnected() -> bool:
+        channels = [c.channel_name for c in await manager.get_user_connections("alice")]
+        return channels not in ([], [old.channel_name])
+
+    await wait_for(reconnected, timeout=15, what="alice reconnected")
     await expect(alice.locator("#status")).to_have_text(re.compile("connected as alice"), timeout=15_000)
     await bob.fill("#message-input", "welcome back")
     await bob.click("#send-btn")

@@ -62,11 +62,12 @@ async def test_join_room_sends_info_history_users_and_tells_members(chat: Runnin
     assert joined_frame["user_id"] == "bob" and joined_frame["room"] == "general"
 
 
-async def test_join_unknown_room_and_bad_room_name(chat: RunningChat) -> None:
+async def test_join_unknown_room_creates_it_and_bad_room_name_is_refused(chat: RunningChat) -> None:
     alice = await ChatClient.open(chat.ws_url, "alice")
-    await alice.send("join_room", room="nowhere")
-    error = await alice.expect_error("ROOM_NOT_FOUND")
-    assert error["details"]["room"] == "nowhere"
+    await alice.send("join_room", room="nowhere")  # as in the spec's example: created, then joined
+    assert (await alice.expect("room_info", room="nowhere"))["created_by"] == "alice"
+    await alice.expect("room_created", room="nowhere")
+    assert await chat.app.state.db.get_room("nowhere") is not None
     await alice.send("join_room", room="no spaces!")
     error = await alice.expect_error("INVALID_MESSAGE_DATA")
     assert error["details"]["field"] == "data.room"
@@ -260,7 +261,11 @@ async def test_disconnect_tells_the_rooms_once_per_user(chat: RunningChat) -> No
     await bob_1.close()
     manager = chat.app.state.manager
     db = chat.app.state.db
-    await wait_for(lambda: len(manager.get_user_connections("bob")) == 1)
+
+    async def one_left() -> bool:
+        return len(await manager.get_user_connections("bob")) == 1
+
+    await wait_for(one_left)
     for _ in range(500):  # bob_1's on_disconnect has removed its presence
         if len(await db.room_presence("general")) == 2:
             break
