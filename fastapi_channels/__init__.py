@@ -8,6 +8,7 @@ from fastapi_channels.backends import BaseBackend, MemoryBackend
 from fastapi_channels.config import WSConfig
 from fastapi_channels.connection import Connection, ConnectionState
 from fastapi_channels.consumer import BaseConsumer
+from fastapi_channels.emitter import Emitter, SyncEmitter
 from fastapi_channels.exceptions import BaseError, CloseCode, ErrorResponse
 from fastapi_channels.manager import ConnectionManager, get_manager
 from fastapi_channels.messages import Message
@@ -22,9 +23,11 @@ __all__ = [
     "ConnectionManager",
     "ConnectionRegistry",
     "ConnectionState",
+    "Emitter",
     "ErrorResponse",
     "MemoryBackend",
     "Message",
+    "SyncEmitter",
     "WSConfig",
     "get_manager",
 ]

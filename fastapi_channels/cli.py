@@ -1,27 +1,50 @@
 """`fastapi-channels`: run an app with the settings this library needs, or check the configuration.
 
 fastapi-channels run example.main:app --port 8000
+fastapi-channels run example.main:app --workers 4   # BACKEND_TYPE=redis: 4 servers of one cluster
 fastapi-channels config          # the effective settings, or which variable is invalid
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import importlib
+import importlib.util
+import os
+import shutil
 import sys
-from collections.abc import Sequence
-from typing import Any
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["main", "resolve_ws"]
+if TYPE_CHECKING:
+    from fastapi_channels.config import WSConfig
+
+__all__ = ["main", "metrics_directory", "resolve_ws", "workers_refusal"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from fastapi_channels.config import WSConfig
-    from fastapi_channels.logfilter import logging_config
 
     config = WSConfig()
+    several = args.workers is not None and args.workers > 1
+    if several:
+        refusal = workers_refusal(config, args.workers)
+        if refusal is not None:
+            print(refusal, file=sys.stderr)
+            return 2
+    with metrics_directory(several):
+        _serve(args, config)
+    return 0
+
+
+def _serve(args: argparse.Namespace, config: WSConfig) -> None:
+    import uvicorn
+
+    from fastapi_channels.logfilter import logging_config
+
     uvicorn.run(
         args.app,
         host=args.host,
@@ -37,8 +60,55 @@ def _run(args: argparse.Namespace) -> int:
         log_config=logging_config(),
         factory=args.factory,
         workers=args.workers,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
     )
-    return 0
+
+
+@contextlib.contextmanager
+def metrics_directory(several_workers: bool) -> Iterator[None]:
+    """prometheus-client's multiprocess mode for several workers, as its documentation asks.
+
+    With prometheus-client installed: PROMETHEUS_MULTIPROC_DIR, when set, is emptied of the
+    metric files of an earlier run; when unset, a fresh directory is made for this run (and
+    removed after it). The workers inherit the variable and merge their metrics through it.
+    """
+    if not several_workers or importlib.util.find_spec("prometheus_client") is None:
+        yield
+        return
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in glob.glob(os.path.join(given, "*.db")):
+            os.remove(stale)
+        yield
+        return
+    made = tempfile.mkdtemp(prefix="fastapi-channels-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(made, ignore_errors=True)
+
+
+def workers_refusal(config: WSConfig, workers: int) -> str | None:
+    """Why `--workers N` (N > 1) cannot work with these settings, or None when it can.
+
+    Each worker is a server of its own: on Redis they form a cluster; in memory they could
+    never reach each other's clients. Each needs its own server id, so a fixed one is refused.
+    """
+    if config.BACKEND_TYPE == "memory":
+        return (
+            f"--workers {workers} needs BACKEND_TYPE=redis: with BACKEND_TYPE=memory each worker "
+            "process would hold its own clients and no send could reach the others'. "
+            "Set BACKEND_TYPE=redis and REDIS_URL, or run one worker."
+        )
+    if "SERVER_INSTANCE_ID" in config.model_fields_set:
+        return (
+            f"--workers {workers} with SERVER_INSTANCE_ID={config.SERVER_INSTANCE_ID} would give "
+            "every worker the same server id (each worker is a server of the cluster and needs its "
+            "own): unset SERVER_INSTANCE_ID, and each worker generates one."
+        )
+    return None
 
 
 def resolve_ws(ws: str) -> Any:
@@ -79,7 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--ws-per-message-deflate", action="store_true", help="negotiate compression")
     run.add_argument("--no-access-log", action="store_true")
     run.add_argument("--factory", action="store_true", help="APP is a factory returning the app")
-    run.add_argument("--workers", type=int, default=None)
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes, each a server of the cluster (needs BACKEND_TYPE=redis)",
+    )
+    run.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        default=None,
+        help="seconds to let connections close on SIGTERM before cancelling them (default: no limit)",
+    )
     run.set_defaults(handler=_run)
     show = commands.add_parser("config", help="print the effective configuration")
     show.set_defaults(handler=_config)

@@ -18,9 +18,11 @@ EXPECTED_ALL = {
     "ConnectionManager",
     "ConnectionRegistry",
     "ConnectionState",
+    "Emitter",
     "ErrorResponse",
     "MemoryBackend",
     "Message",
+    "SyncEmitter",
     "WSConfig",
     "get_manager",
 }
