@@ -65,6 +65,7 @@ from fastapi_channels.config import WSConfig
 from fastapi_channels.exceptions import AuthenticationError, BackendError, BaseError
 from fastapi_channels.exceptions import ValidationError as ChannelsValidationError
 from fastapi_channels.middleware import LoggingMiddleware, RateLimitMiddleware, ValidationMiddleware
+from fastapi_channels.observability import add_observability_routes
 
 __all__ = [
     "RATE_LIMIT_EXCLUDED",
@@ -207,6 +208,10 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     app.state.access = access
     app.state.settings = settings
     app.state.ws_config = ws_config
+    # Public on purpose (a load balancer and Prometheus have no token): /metrics,
+    # /health/live (200 while the event loop answers) and /health/ready (503 with a JSON
+    # reason during a Redis outage, a resync or a shutdown). Counts only, no user data.
+    add_observability_routes(app, manager)
 
     app.add_middleware(
         CORSMiddleware,

@@ -59,6 +59,12 @@ class WSConfig(BaseSettings):
     # How long a join, leave or disconnect of a connection on another server waits for its owner
     WS_REMOTE_TIMEOUT: float = Field(default=10.0, gt=0)
 
+    # History groups: their messages are stored and numbered, so a client that reconnects
+    # gets what it missed (comma-separated glob patterns of group names; empty: none)
+    WS_HISTORY_GROUPS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    WS_HISTORY_SIZE: int = Field(default=1000, ge=1, le=1_000_000)
+    WS_HISTORY_TTL: int = Field(default=86400, ge=1)
+
     # Limits
     MAX_CONNECTIONS_PER_CLIENT: int = Field(default=1000, ge=1)
     MAX_TOTAL_CONNECTIONS: int = Field(default=200_000, ge=1)
@@ -83,6 +89,13 @@ class WSConfig(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("WS_HISTORY_GROUPS", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [pattern.strip() for pattern in value.split(",") if pattern.strip()]
         return value
 
     @field_validator("LOG_LEVEL", mode="before")

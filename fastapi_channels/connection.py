@@ -24,13 +24,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fastapi_channels.exceptions import CloseCode
 from fastapi_channels.framing import FAST_PATH_EXTENSION, encode_frame
-from fastapi_channels.stats import Counters
+from fastapi_channels.stats import Counters, WaitHistogram
 
 __all__ = ["Connection", "ConnectionState", "OverflowPolicy", "WriteCoalescer"]
 
 logger = logging.getLogger(__name__)
 
 OverflowPolicy = Literal["close", "drop_oldest", "drop_newest"]
+
+clock: Callable[[], float] = time.monotonic
+"""The clock outbound waits are measured with (a test may replace it)."""
 
 
 class ConnectionState(StrEnum):
@@ -46,22 +49,29 @@ class WriteCoalescer:
     number of connections.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, waits: WaitHistogram | None = None) -> None:
         self._due: list[Connection] = []
+        self.waits = waits if waits is not None else WaitHistogram()
+        self.clock = 0.0  # when this iteration's flush was scheduled: its frames were queued since
 
     def schedule(self, connection: Connection) -> None:
         if not self._due:
+            self.clock = clock()
             asyncio.get_running_loop().call_soon(self._run)
         self._due.append(connection)
 
     def _run(self) -> None:
         due, self._due = self._due, []
+        queued, now = self.clock, clock()
+        written = 0  # writes of frames queued since `queued`: one wait for all of them
         for connection in due:
             try:
-                connection.flush()
+                written += connection.flush(now)
             except Exception:
                 logger.exception("flush to %s failed", connection.channel_name)
                 connection.close(CloseCode.INTERNAL_ERROR, flush=False)
+        if written:
+            self.waits.observe(now - queued, written)
 
 
 class Connection:
@@ -84,6 +94,8 @@ class Connection:
         "_on_closed",
         "_peer_gone",
         "_policy",
+        "_sample_at",
+        "_sample_left",
         "_waiter",
         "_writer",
         "bytes_received",
@@ -98,6 +110,7 @@ class Connection:
         "messages_received",
         "messages_sent",
         "metadata",
+        "replaying",
         "state",
         "user_id",
         "websocket",
@@ -147,9 +160,17 @@ class Connection:
         self._closer: asyncio.Task[None] | None = None
         self._peer_gone = False
         self._fast: Any = None  # a fastpath.FrameWriter when the server offers one
-        self._coalescer = coalescer if coalescer is not None else WriteCoalescer()
+        self._coalescer = coalescer if coalescer is not None else WriteCoalescer(counters.outbound_wait)
         self._flush_scheduled = False
         self._close_hook: Callable[[int], Awaitable[None]] | None = None
+        # History groups this connection is being replayed into: their live frames wait here
+        # as (offset, frame) until the replay is sent; after it, the last offset it sent (older
+        # live frames are not sent again). So none is missed or seen twice.
+        self.replaying: dict[str, list[tuple[int, str | bytes]] | int] | None = None
+        # The frame whose wait is being measured: its position from the head (0: none) and
+        # when it was queued (see stats.WaitHistogram).
+        self._sample_left = 0
+        self._sample_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Connection {self.channel_name} user={self.user_id!r} {self.state}>"
@@ -263,12 +284,41 @@ class Connection:
                 self._flush_scheduled = True
                 self._coalescer.schedule(self)
             return True
+        if not self._sample_left:
+            self._sample_left = len(buffer)
+            self._sample_at = clock()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
         return True
+
+    @property
+    def max_messages(self) -> int:
+        return self._max_messages
+
+    @property
+    def close_timeout(self) -> float:
+        return self._close_timeout
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    async def wait_for_room(self, messages: int, size: int, timeout: float) -> bool:
+        """Wait until fewer than `messages` frames and at most `size` bytes are queued (an
+        empty buffer always has room): True, or False when the connection closed or
+        `timeout` passed first with the client not reading."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.state is ConnectionState.OPEN and self._buffer and (
+            len(self._buffer) >= messages or self._buffered_bytes > size
+        ):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return self.state is ConnectionState.OPEN
 
     @property
     def buffered_messages(self) -> int:
@@ -304,6 +354,10 @@ class Connection:
             self._buffered_bytes -= len(buffer.popleft())
             dropped += 1
         self._count_dropped(dropped)
+        if self._fast is None:
+            # The measured frame may have been among them: then nothing is being measured.
+            # (On the fast path the oldest frame's time stays: an upper bound for the next.)
+            self._sample_left = max(0, self._sample_left - dropped)
         return True
 
     def _count_sent(self, count: int, size: int) -> None:
@@ -320,6 +374,7 @@ class Connection:
     def _drop_buffer(self) -> None:
         self._buffer.clear()
         self._buffered_bytes = 0
+        self._sample_left = 0
 
     def _wake_writer(self) -> None:
         waiter = self._waiter
@@ -338,6 +393,11 @@ class Connection:
                 frame = buffer.popleft()
                 size = len(frame)
                 self._buffered_bytes -= size
+                left = self._sample_left
+                if left:
+                    self._sample_left = left - 1
+                    if left == 1:
+                        counters.outbound_wait.observe(clock() - self._sample_at)
                 if frame.__class__ is str:
                     await send({"type": "websocket.send", "text": frame})
                 else:
@@ -352,22 +412,35 @@ class Connection:
             else:
                 return
 
-    def flush(self) -> None:
-        """Fast path: write everything queued in one transport write, if the transport takes it."""
+    def flush(self, now: float | None = None) -> bool:
+        """Fast path: write everything queued in one transport write, if the transport takes it.
+
+        True when it wrote frames queued since the coalescer scheduled this flush: the
+        coalescer measures their wait, once for every such write. A write of frames that
+        waited longer (the transport was paused) is measured here, at `now` (or the clock).
+        """
         self._flush_scheduled = False
         buffer = self._buffer
         if not buffer:
-            return
+            return False
         fast = self._fast
         if not fast.writable:
+            if not self._sample_left:
+                self._sample_left = 1  # its oldest frame was queued in this flush's iteration
+                self._sample_at = self._coalescer.clock
             self._wake_writer()  # it waits for the transport to drain, or finds the connection gone
-            return
+            return False
         count = len(buffer)
         data = buffer[0] if count == 1 else b"".join(buffer)  # type: ignore[arg-type]
         buffer.clear()
         self._buffered_bytes = 0
         fast.write(data)
         self._count_sent(count, len(data))
+        if self._sample_left:
+            self._sample_left = 0
+            self._counters.outbound_wait.observe((clock() if now is None else now) - self._sample_at)
+            return False
+        return True
 
     async def _write_loop_fast(self) -> None:
         """Fast path: only needed while the transport is paused, and to flush before a close."""
@@ -375,7 +448,8 @@ class Connection:
         loop = asyncio.get_running_loop()
         while True:
             if self._buffer and fast.writable:
-                self.flush()
+                if self.flush():  # ahead of the coalescer (e.g. before a close): measured here
+                    self._counters.outbound_wait.observe(clock() - self._coalescer.clock)
             elif self._buffer:
                 if fast.gone:
                     raise ConnectionResetError("the connection is closed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from typing import Any
 
 from fastapi_channels.exceptions import BackendError, BaseError, error_from_response
@@ -24,13 +25,18 @@ class RemoteCalls:
 
     def __init__(self, limit: int = MAX_CALLS_IN_FLIGHT) -> None:
         self.limit = limit
+        # A nonce per instance: a late answer to a call of an earlier run (a restarted manager
+        # with the same server id) can never settle a call of this one.
+        self._nonce = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
-        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def open(self, command: dict[str, Any], reply_to: str) -> tuple[str, asyncio.Future[None]]:
+    def open(
+        self, command: dict[str, Any], reply_to: str
+    ) -> tuple[str, asyncio.Future[dict[str, Any] | None]]:
         """Register a call; adds `id` and `reply_to` to `command`. BackendError when too many wait."""
         if len(self._pending) >= self.limit:
             raise BackendError(
@@ -38,8 +44,8 @@ class RemoteCalls:
                 error_code="REMOTE_BUSY",
                 component="manager",
             )
-        call_id = str(next(self._ids))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        call_id = f"{self._nonce}-{next(self._ids)}"
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         command["id"] = call_id
         command["reply_to"] = reply_to
@@ -57,7 +63,8 @@ class RemoteCalls:
         if isinstance(error, dict):
             future.set_exception(error_from_response(error))
         else:
-            future.set_result(None)
+            result = reply.get("result")
+            future.set_result(result if isinstance(result, dict) else None)
         return True
 
     def fail_all(self, error: BaseException) -> None:
@@ -67,9 +74,14 @@ class RemoteCalls:
                 future.set_exception(error)
 
 
-def reply_for(command: dict[str, Any], error: BaseError | None) -> dict[str, Any]:
-    """The owner's answer to `command`: done, or its error as the client would see it."""
+def reply_for(
+    command: dict[str, Any], error: BaseError | None, result: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The owner's answer to `command`: done (with what it returned), or its error as the
+    client would see it."""
     reply: dict[str, Any] = {"op": "reply", "id": command.get("id")}
     if error is not None:
         reply["error"] = error.to_response().to_dict()
+    elif result is not None:
+        reply["result"] = result
     return reply

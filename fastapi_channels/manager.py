@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import time
@@ -35,11 +36,16 @@ from fastapi_channels.exceptions import (
     CloseCode,
     ConnectionError,
     DeliveryError,
+    ValidationError,
 )
 from fastapi_channels.framing import encode_frame
+from fastapi_channels.health import Health
+from fastapi_channels.health import judge as judge_health
 from fastapi_channels.heartbeat import plan, sweep_period
+from fastapi_channels.history import HistoryPage, HistoryPolicy, JoinResult, split_positioned_body
 from fastapi_channels.messages import to_frame
 from fastapi_channels.ordering import EchoBarrier
+from fastapi_channels.recovery import HistoryGroups, parse_position
 from fastapi_channels.registry import ConnectionRegistry
 from fastapi_channels.serializers import get_serializer
 from fastapi_channels.stats import Counters
@@ -137,17 +143,32 @@ class ConnectionManager:
         self._subscribed: set[str] = set()
         self._admitting: dict[str, int] = {}  # user id -> connects in flight (their topic is wanted)
         self._claims: dict[str, _Claim] = {}
+        self._joins: dict[tuple[str, str], asyncio.Future[JoinResult]] = {}  # joins in flight
         self._fast_channels: set[str] = set()  # local connections on the fast path
         self.authorize_join = authorize_join
-        self._coalescer = WriteCoalescer()
+        self._coalescer = WriteCoalescer(self.counters.outbound_wait)
         self._calls = RemoteCalls()
         self._echoes = EchoBarrier()
         self._ordered = not self.backend.delivers_synchronously
         self._echo_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._extra_loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
         self._restarts: dict[str, list[float]] = {}
         self._backend_hooks: list[Callable[[str, BaseException | None], Any]] = []
         self._shortfall_hooks: list[ShortfallHook] = []
+        self._history_hooks: list[Callable[[str], Any]] = []
+        self.history_policy = HistoryPolicy(
+            list(self.config.WS_HISTORY_GROUPS), self.config.WS_HISTORY_SIZE, self.config.WS_HISTORY_TTL
+        )
+        self._history = HistoryGroups(
+            self.history_policy,
+            self.backend,
+            self.registry,
+            self.counters,
+            fast_path=lambda: bool(self._fast_channels),
+            on_lost=self._history_lost,
+            hold_limit=self.config.WS_OUTBOUND_QUEUE_MESSAGES,
+        )
         self._hook_tasks: set[asyncio.Task[Any]] = set()
         self.backend.add_event_listener(self._on_backend_event)
         self.backend.set_eviction_handler(self._evicted)
@@ -189,8 +210,22 @@ class ConnectionManager:
                 self._spawn("heartbeat", self._heartbeat_loop)
             if self.config.LOG_STATS:
                 self._spawn("stats", self._stats_loop)
+            for name, body in self._extra_loops.items():
+                self._spawn(name, body)
             self.started_at = time.time()
             logger.info("fastapi-channels %s started on the %s backend", self.server_id, self.backend.name)
+
+    def add_background_task(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `body()` as one more background loop of this manager, e.g. a metrics exporter.
+
+        Started by `start_tasks` (at once if already started), cancelled by `stop_tasks`, and
+        logged and restarted like the manager's own loops if it dies. One loop per name.
+        """
+        if name in self._extra_loops:
+            raise ValueError(f"a background task named {name!r} exists already")
+        self._extra_loops[name] = body
+        if self._started and not self._stopping:
+            self._spawn(name, body)
 
     def _spawn(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a background loop; if it dies it is logged and restarted (a bounded number of times)."""
@@ -235,6 +270,7 @@ class ConnectionManager:
                     await asyncio.wait(tasks, timeout=max(timeout, 1.0))
                 self._calls.fail_all(BackendError("the server stopped", error_code="SERVER_SHUTTING_DOWN"))
                 self._echoes.forget_all()
+                self._history.stop()
                 if self._echo_timer is not None:
                     self._echo_timer.cancel()
                     self._echo_timer = None
@@ -253,6 +289,22 @@ class ConnectionManager:
         resync (e.g. reload recent history). `hook` may be a plain or async function.
         """
         self._backend_hooks.append(hook)
+
+    def enable_history(self, *patterns: str) -> None:
+        """Make the groups matching these glob patterns history groups (as WS_HISTORY_GROUPS)."""
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError("a history pattern is a non-empty string, e.g. 'room.*'")
+            self.history_policy.add(pattern)
+
+    def on_history_lost(self, hook: Callable[[str], Any]) -> None:
+        """Call `hook(group)` when this server finds a local history group's history lost (a new
+        epoch: Redis lost it, or it expired): its clients cannot recover and should resync."""
+        self._history_hooks.append(hook)
+
+    def _history_lost(self, group: str) -> None:
+        logger.warning("the history of group %s was lost (new epoch): its clients should resync", group)
+        self._call_hooks(self._history_hooks, group)
 
     def on_delivery_shortfall(self, hook: ShortfallHook) -> None:
         """Call `hook(shortfall)` (a `DeliveryShortfall`) for every send of this server that did
@@ -281,6 +333,9 @@ class ConnectionManager:
             self.counters.backend_outages += 1
             # Nothing published before the loss will come back through the reader.
             self._echoes.forget_all()
+        elif event == "recovered":
+            # History groups missed what was published meanwhile: read it back from the store.
+            self._history.resync()
         self._call_hooks(self._backend_hooks, event, error)
 
     # --- connections ---------------------------------------------------------------------------
@@ -368,10 +423,9 @@ class ConnectionManager:
         if user_id is not None:
             self._admitting[user_id] = self._admitting.get(user_id, 0) + 1
         try:
-            # Listen first, then take the slot: a send that counts this server among the user's
-            # servers is sure to reach it.
-            if user_topic is not None:
-                await self._reconcile(user_topic)
+            # Take the slot first, then listen: the servers that listen to a user are always
+            # among those counted for it, so a send that misses one is seen as a shortfall
+            # (at worst a false alarm while this connect is between the two steps).
             admission = await self._backend_call(
                 self.backend.add_connection(
                     channel_name,
@@ -399,6 +453,23 @@ class ConnectionManager:
             self.counters.connections_refused += 1
             await self._refuse(websocket)
             raise self._refusal(admission, user_id)
+        if user_topic is not None:
+            try:
+                await self._reconcile(user_topic)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await self.backend.remove_connection(channel_name, user_id)
+                await self._drop_admitting(user_id)
+                if not isinstance(exc, BaseError):
+                    raise
+                self.counters.connections_refused += 1
+                await self._refuse(websocket)
+                raise ConnectionError(
+                    "the backend is unavailable",
+                    error_code="BACKEND_UNAVAILABLE",
+                    user_id=user_id,
+                    component="manager",
+                ) from exc
         connection = Connection(
             websocket,
             channel_name,
@@ -532,16 +603,20 @@ class ConnectionManager:
                 self._unclaim(name, claim)
 
     async def _release(self, channel_name: str, user_id: str | None, groups: list[str]) -> None:
-        try:
-            for group in groups:
-                await self.backend.group_discard(group, channel_name)
-                await self._reconcile(routing.group_topic(group))
-            await self.backend.remove_connection(channel_name, user_id)
-            if user_id is not None:
-                await self._reconcile(routing.user_topic(user_id))
-        except Exception:
-            # The backend's own expiry reclaims what could not be released now.
-            logger.warning("could not release %s in the backend", channel_name, exc_info=True)
+        """Stop listening, then uncount, step by step: one step failing never skips the others,
+        and what Redis did not confirm is retried by the backend (the slot is never held)."""
+        steps: list[Awaitable[None]] = []
+        for group in groups:
+            steps.append(self._reconcile(routing.group_topic(group)))
+            steps.append(self.backend.group_discard(group, channel_name))
+        if user_id is not None:
+            steps.append(self._reconcile(routing.user_topic(user_id)))
+        steps.append(self.backend.remove_connection(channel_name, user_id))
+        for step in steps:
+            try:
+                await step
+            except Exception as exc:
+                logger.warning("releasing %s: a step failed (retried later): %s", channel_name, exc)
 
     def get_connection(self, connection_id: str) -> Connection | None:
         """*Local*: the connection with this channel name, if this server owns it."""
@@ -582,19 +657,57 @@ class ConnectionManager:
         return await self._backend_call(self.backend.count_groups())
 
     # --- groups --------------------------------------------------------------------------------
-    async def join_group(self, connection_id: str, group: str) -> None:
+    async def join_group(self, connection_id: str, group: str, since: Any = None) -> JoinResult:
         """Add a connection (owned by any server) to a group.
 
         Returns once a message published to the group afterwards is sure to reach it; for a
         connection on another server, once its owner did the join (its refusal is raised here).
+        For a history group, `since=(epoch, offset)` (the client's last message) first replays
+        exactly what came after it, if the group still holds all of it, then live messages:
+        the result says whether it did (`recovered`), how many (`replayed`), and the group's
+        position. Without `since` the join starts live and reports the starting position.
         """
         routing.validate_name("group", group)
+        position = parse_position(since) if since is not None else None
         connection = self.registry.get(connection_id)
         if connection is None:
-            await self._remote(connection_id, {"op": "join", "channel": connection_id, "group": group})
-            return
+            command: dict[str, Any] = {"op": "join", "channel": connection_id, "group": group}
+            if position is not None:
+                command["since"] = list(position)
+            answer = await self._remote(connection_id, command)
+            return JoinResult(**answer) if isinstance(answer, dict) else JoinResult()
+        return await self._join(connection, group, position)
+
+    async def _join(
+        self, connection: Connection, group: str, position: tuple[str, int] | None, deadline: float = 0.0
+    ) -> JoinResult:
+        key = (connection.channel_name, group)
+        running = self._joins.get(key)
+        if running is not None:
+            # A second join of the same connection and group returns with the first, never
+            # before its subscription is confirmed (and fails if it fails).
+            return await asyncio.shield(running)
+        future: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
+        self._joins[key] = future
+        try:
+            result = await self._join_local(connection, group, position, deadline)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a second caller may never come
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._joins[key]
+
+    async def _join_local(
+        self, connection: Connection, group: str, position: tuple[str, int] | None, deadline: float
+    ) -> JoinResult:
+        connection_id = connection.channel_name
+        history = self.history_policy.applies(group)
         if group in connection.groups:
-            return
+            return await self._history.replay(connection, group, None) if history else JoinResult()
         if not connection.is_open:
             raise ConnectionError("connection is closing", error_code="CONNECTION_CLOSED", retryable=False)
         if self.authorize_join is not None:
@@ -609,37 +722,78 @@ class ConnectionManager:
                     user_id=connection.user_id,
                     connection_id=connection_id,
                 )
-            if self.registry.get(connection_id) is not connection or group in connection.groups:
-                return  # closed, or joined by a concurrent call, while the authorizer ran
+            if self.registry.get(connection_id) is not connection:
+                return JoinResult()  # closed while the authorizer ran
+        if deadline and time.time() > deadline:
+            # A remote caller already gave up (REMOTE_TIMEOUT): do not do it behind its back.
+            raise BackendError("the caller's deadline passed", error_code="REMOTE_TIMEOUT")
         topic = routing.group_topic(group)
-        # Listen first, then count: a send that counts this server among the group's servers
-        # is sure to reach it.
-        self.registry.join(connection_id, group)
-        try:
-            await self._reconcile(topic)
-            added = await self._backend_call(
-                self.backend.group_add(group, connection_id, max_groups=self.config.MAX_TOTAL_GROUPS)
-            )
-        except BaseException:
-            await self._undo_join(connection, group)
-            raise
+        # Count first, then listen: the servers that listen to a group are always among those
+        # counted for it, so a send that misses one is seen as a shortfall (at worst a false
+        # alarm while this join is between the two steps).
+        added = await self._backend_call(
+            self.backend.group_add(group, connection_id, max_groups=self.config.MAX_TOTAL_GROUPS)
+        )
         if not added:
-            await self._undo_join(connection, group)
             raise ConnectionError(
                 f"group limit reached ({self.config.MAX_TOTAL_GROUPS})",
                 error_code="GROUP_LIMIT_EXCEEDED",
                 details={"limit": self.config.MAX_TOTAL_GROUPS},
                 connection_id=connection_id,
             )
+        if self.registry.get(connection_id) is not connection:
+            # Closed while the backend answered: its cleanup ran without this entry.
+            with contextlib.suppress(Exception):
+                await self.backend.group_discard(group, connection_id)
+            return JoinResult()
+        if history:
+            self._history.prepare(group)
+            if position is not None:
+                # Live frames wait for the replay from here on: none missed, none twice.
+                self._history.hold_for_replay(connection, group)
+        self.registry.join(connection_id, group)
+        try:
+            await self._reconcile(topic)
+        except BaseException:
+            self._history.drop_hold(connection, group)
+            await self._undo_join(connection, group)
+            raise
         if self.registry.get(connection_id) is not connection or group not in connection.groups:
-            # Closed (or left) while the backend answered: its cleanup ran without this entry.
-            await self.backend.group_discard(group, connection_id)
+            # Closed (or left) while the subscription was confirmed: its cleanup ran already.
+            self._history.drop_hold(connection, group)
+            return JoinResult()
+        if not history:
+            return JoinResult()
+        try:
+            return await self._backend_call(self._history.replay(connection, group, position))
+        except BaseError as exc:
+            # Joined, but the store did not answer: the client is told it was not recovered.
+            logger.warning("history of %s unreadable at join: %s", group, exc.error_code)
+            return JoinResult()
+
+    async def history(self, group: str, since: Any = None, limit: int = 100) -> HistoryPage:
+        """*Cluster-wide*: a history group's retained messages after `since` ((epoch, offset);
+        all retained ones when None or of another epoch), oldest first, as members got them,
+        and the group's current epoch and offset. ValidationError for a group without history."""
+        routing.validate_name("group", group)
+        if not self.history_policy.applies(group):
+            raise ValidationError(
+                f"group {group!r} keeps no history (see WS_HISTORY_GROUPS)",
+                error_code="NOT_A_HISTORY_GROUP",
+                details={"group": group},
+            )
+        position = parse_position(since) if since is not None else None
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValidationError("limit must be an integer >= 0", error_code="INVALID_LIMIT")
+        return await self._backend_call(self._history.page(group, position, limit))
 
     async def _undo_join(self, connection: Connection, group: str) -> None:
         if self.registry.get(connection.channel_name) is connection:
             self.registry.leave(connection.channel_name, group)
         with contextlib.suppress(Exception):
             await self._reconcile(routing.group_topic(group))
+        with contextlib.suppress(Exception):  # a failed discard is retried by the backend
+            await self.backend.group_discard(group, connection.channel_name)
 
     async def leave_group(self, connection_id: str, group: str) -> None:
         """Remove a connection (owned by any server) from a group. Idempotent.
@@ -654,9 +808,13 @@ class ConnectionManager:
         if group not in connection.groups:
             return
         emptied = self.registry.leave(connection_id, group)
-        await self._backend_call(self.backend.group_discard(group, connection_id))
-        if emptied:
-            await self._reconcile(routing.group_topic(group))
+        # Stop listening first, then uncount (see join): a send in between is a false alarm,
+        # never a silent loss. A discard Redis did not confirm is retried by the backend.
+        try:
+            if emptied:
+                await self._reconcile(routing.group_topic(group))
+        finally:
+            await self._backend_call(self.backend.group_discard(group, connection_id))
 
     # --- sending -------------------------------------------------------------------------------
     def encode(self, message: Any) -> str | bytes:
@@ -688,12 +846,26 @@ class ConnectionManager:
         )
         return delivery.reached > 0
 
-    async def send_to_group(self, group: str, message: Any) -> None:
-        """Send to every member of a group on every server: one publish whatever its size."""
-        frame = self.encode(message)
-        await self._publish(
-            routing.group_topic(routing.validate_name("group", group)), routing.encode_frame_envelope(frame)
-        )
+    async def send_to_group(self, group: str, message: Any, *, history: bool = True) -> None:
+        """Send to every member of a group on every server: one publish whatever its size.
+
+        To a history group the message is stored and numbered (`offset`, `epoch` added to
+        it); `history=False` sends an ephemeral one (e.g. typing) that is neither.
+        """
+        group = routing.validate_name("group", group)
+        await self._send_group(group, message, frozenset(), history)
+
+    async def _send_group(self, group: str, message: Any, exclude: frozenset[str], history: bool) -> None:
+        topic = routing.group_topic(group)
+        if history and self.history_policy.applies(group):
+            # Positions go into a JSON object: a str message (sent verbatim, even if it looks
+            # like JSON) or a bytes one cannot carry them.
+            raw = isinstance(message, str | bytes | bytearray | memoryview)
+            frame = b"" if raw else self.encode(message)
+            body = split_positioned_body(frame, group)
+            await self._publish(topic, b"", store=(group, body, exclude))
+            return
+        await self._publish(topic, routing.encode_frame_envelope(self.encode(message), exclude))
 
     send_group = send_to_group
 
@@ -704,18 +876,18 @@ class ConnectionManager:
         exclude: str | Iterable[str] | None = None,
         *,
         exclude_connection_id: str | None = None,
+        history: bool = True,
     ) -> None:
         """Send to a group minus the listed channel names (typically the sender).
+
+        To a history group it is stored and numbered like any other message: the excluded
+        connection sees a gap at that offset, and a replay after it re-joins includes it.
 
         `exclude_connection_id=` is the spec's name for one channel name to skip; pass it or
         `exclude` (one channel name or several), not both.
         """
         names = routing.excluded_channels(exclude, exclude_connection_id)
-        frame = self.encode(message)
-        await self._publish(
-            routing.group_topic(routing.validate_name("group", group)),
-            routing.encode_frame_envelope(frame, names),
-        )
+        await self._send_group(routing.validate_name("group", group), message, frozenset(names), history)
 
     async def send_to_user(self, user_id: str, message: Any) -> int:
         """Send to every connection of a user on every server; returns how many it addressed."""
@@ -732,20 +904,39 @@ class ConnectionManager:
         await self._publish(routing.BROADCAST_TOPIC, routing.encode_frame_envelope(frame))
 
     async def _publish(
-        self, topic: str, envelope: bytes, *, to_user: str | None = None, shortfall_raises: bool = True
+        self,
+        topic: str,
+        envelope: bytes,
+        *,
+        to_user: str | None = None,
+        shortfall_raises: bool = True,
+        store: tuple[str, str, frozenset[str]] | None = None,
     ) -> Delivery:
-        """Publish one envelope, counted, in order with local sends, checked for a shortfall."""
+        """Publish one envelope, counted, in order with local sends, checked for a shortfall.
+
+        With `store` (group, JSON object text, excluded channels) the message goes to the
+        group's history in the same backend operation, and `envelope` is ignored.
+        """
+        tag = b""
         seq = 0
         if self._ordered and topic in self._subscribed and self.backend.listening(topic):
             # Our own members get it back through the reader: number it so local sends wait.
             seq = self._echoes.issue(topic, time.monotonic())
-            envelope = routing.tag_envelope(envelope, self.server_id, seq)
+            tag = routing.tag_envelope(b"", self.server_id, seq)
             self._arm_echo_timer()
-        publish = (
-            self.backend.publish(topic, envelope)
-            if to_user is None
-            else self.backend.publish_to_user(topic, to_user, envelope)
-        )
+        publish: Awaitable[Delivery]
+        if store is not None:
+            group, body, exclude = store
+            policy = self.history_policy
+            publish = self._stored(
+                self.backend.publish_history(
+                    topic, group, tag, routing.exclusion_header(exclude), body, policy.size, policy.ttl
+                )
+            )
+        elif to_user is None:
+            publish = self.backend.publish(topic, tag + envelope)
+        else:
+            publish = self.backend.publish_to_user(topic, to_user, tag + envelope)
         try:
             delivery = await self._backend_call(publish)
         except BaseError:
@@ -756,6 +947,11 @@ class ConnectionManager:
         self.counters.messages_published += 1
         if not delivery.complete:
             self._shortfall(topic, delivery, raises=shortfall_raises)
+        return delivery
+
+    @staticmethod
+    async def _stored(publish: Awaitable[tuple[Delivery, int, str]]) -> Delivery:
+        delivery, _, _ = await publish
         return delivery
 
     def _shortfall(self, topic: str, delivery: Delivery, *, raises: bool) -> None:
@@ -824,6 +1020,10 @@ class ConnectionManager:
                 connection.enqueue(frame)
             return
         if topic.startswith("group:"):
+            position = envelope.position
+            if position is not None:
+                self._history.on_frame(topic[6:], position[0], position[1], frame, envelope.exclude)
+                return
             targets: Iterable[Connection] = self.registry.group_members(topic[6:])
         elif topic.startswith("user:"):
             targets = self.registry.user_connections(topic[5:])
@@ -861,8 +1061,9 @@ class ConnectionManager:
         while True:
             command = await queue.get()
             error: BaseError | None = None
+            result: dict[str, Any] | None = None
             try:
-                await self._run_control(command)
+                result = await self._run_control(command)
             except BaseError as exc:
                 error = exc
                 logger.info("control %s refused: %s", command.get("op"), exc.error_code)
@@ -874,15 +1075,19 @@ class ConnectionManager:
                 try:
                     await self._publish(
                         routing.inbox_topic(reply_to),
-                        routing.encode_control(reply_for(command, error)),
+                        routing.encode_control(reply_for(command, error, result)),
                         shortfall_raises=False,
                     )
                 except BaseError as exc:
                     logger.warning("could not answer %s: %s", reply_to, exc.error_code)
 
-    async def _run_control(self, command: dict[str, Any]) -> None:
+    async def _run_control(self, command: dict[str, Any]) -> dict[str, Any] | None:
         op = command.get("op")
         channel = command.get("channel")
+        deadline = command.get("deadline")
+        deadline = float(deadline) if isinstance(deadline, int | float) else 0.0
+        if deadline and time.time() > deadline:
+            raise BackendError("the caller's deadline passed", error_code="REMOTE_TIMEOUT")
         if not isinstance(channel, str) or channel not in self.registry:
             raise ConnectionError(
                 "no such connection",
@@ -892,8 +1097,14 @@ class ConnectionManager:
             )
         group = command.get("group")
         if op == "join" and isinstance(group, str):
-            await self.join_group(channel, group)
-        elif op == "leave" and isinstance(group, str):
+            since = command.get("since")
+            position = parse_position(since) if since is not None else None
+            connection = self.registry.get(channel)
+            assert connection is not None
+            routing.validate_name("group", group)
+            joined = await self._join(connection, group, position, deadline)
+            return dataclasses.asdict(joined)
+        if op == "leave" and isinstance(group, str):
             await self.leave_group(channel, group)
         elif op == "disconnect":
             code = command.get("code")
@@ -905,8 +1116,9 @@ class ConnectionManager:
             )
         else:
             raise BackendError(f"unknown control command {str(op)[:40]!r}", error_code="REMOTE_FAILED")
+        return None
 
-    async def _remote(self, connection_id: str, command: dict[str, Any]) -> None:
+    async def _remote(self, connection_id: str, command: dict[str, Any]) -> dict[str, Any] | None:
         owner = self._owner(connection_id)
         if owner is None or owner == self.server_id:
             raise ConnectionError(
@@ -915,11 +1127,13 @@ class ConnectionManager:
                 retryable=False,
                 connection_id=connection_id,
             )
-        await self._request(owner, command)
+        return await self._request(owner, command)
 
-    async def _request(self, owner: str, command: dict[str, Any]) -> None:
+    async def _request(self, owner: str, command: dict[str, Any]) -> dict[str, Any] | None:
         """Ask `owner` to run `command` and wait for its answer (or WS_REMOTE_TIMEOUT)."""
         call_id, answer = self._calls.open(command, self.server_id)
+        # The owner will not start it after this (wall clocks of servers agree well enough).
+        command["deadline"] = time.time() + self.config.WS_REMOTE_TIMEOUT
         try:
             delivery = await self._publish(
                 routing.inbox_topic(owner), routing.encode_control(command), shortfall_raises=False
@@ -933,7 +1147,7 @@ class ConnectionManager:
                     details={"server": owner},
                 )
             try:
-                await asyncio.wait_for(answer, self.config.WS_REMOTE_TIMEOUT)
+                return await asyncio.wait_for(answer, self.config.WS_REMOTE_TIMEOUT)
             except TimeoutError:
                 self.counters.remote_timeouts += 1
                 raise BackendError(
@@ -976,6 +1190,8 @@ class ConnectionManager:
         elif topic in self._subscribed:
             self._subscribed.discard(topic)
             self._echoes.forget_topic(topic)
+            if topic.startswith("group:"):
+                self._history.forget(topic[6:])
             await self.backend.unsubscribe(topic)
 
     @property
@@ -1027,7 +1243,22 @@ class ConnectionManager:
                 stats["heartbeat_closes"],
             )
 
-    # --- statistics ----------------------------------------------------------------------------
+    # --- statistics and health -----------------------------------------------------------------
+    def health(self) -> Health:
+        """*Local*: live (this event loop answered) and ready to take new clients: started, not
+        shutting down, the backend connected and this server's inbox and broadcast confirmed.
+        See `fastapi_channels.health` for the routes a load balancer probes."""
+        started = self._started
+        return judge_health(
+            started=started,
+            stopping=self._stopping,
+            ever_started=self.started_at is not None,
+            backend=self.backend.not_ready() if started else None,
+            confirmed=started
+            and self.backend.listening(self._inbox)
+            and self.backend.listening(routing.BROADCAST_TOPIC),
+        )
+
     def get_stats(self) -> dict[str, Any]:
         """*Local*: this server's connections, users, groups and counters since start."""
         return {

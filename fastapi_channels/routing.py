@@ -31,6 +31,7 @@ __all__ = [
     "encode_frame_envelope",
     "encode_personal",
     "excluded_channels",
+    "exclusion_header",
     "group_topic",
     "inbox_topic",
     "new_channel_name",
@@ -153,6 +154,7 @@ def server_of(channel_name: str) -> str:
 #   x<4-byte length><json list>(t|b)... the same, minus the listed channel names
 #   p<channel name>\n(t|b)...           a frame for one connection (server inbox only)
 #   c<json object>                      a control command for the owning server (inbox only)
+#   h<offset>:<epoch>\n(t|x)...          a history group's message and its position
 #   o<8-byte seq><server id>\n<envelope> any of the above, tagged by the server that published
 #                                       it, so that server knows when its own send came back
 
@@ -162,6 +164,7 @@ _EXCEPT: Final = 0x78  # b"x"
 _PERSONAL: Final = 0x70  # b"p"
 _CONTROL: Final = 0x63  # b"c"
 _ORIGIN: Final = 0x6F  # b"o"
+_POSITIONED: Final = 0x68  # b"h"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,7 @@ class Envelope:
     control: dict[str, object] | None = None
     origin: str | None = None
     seq: int = 0
+    position: tuple[int, str] | None = None  # (offset, epoch) of a history group's message
 
 
 def _frame_part(frame: str | bytes) -> bytes:
@@ -194,10 +198,15 @@ def _decode_frame(data: bytes) -> str | bytes:
 
 
 def encode_frame_envelope(frame: str | bytes, exclude: frozenset[str] | set[str] = frozenset()) -> bytes:
+    return exclusion_header(exclude) + _frame_part(frame)
+
+
+def exclusion_header(exclude: frozenset[str] | set[str]) -> bytes:
+    """The part of a frame envelope that lists the channel names left out (b"" for none)."""
     if not exclude:
-        return _frame_part(frame)
+        return b""
     header = orjson.dumps(sorted(exclude))
-    return b"x" + len(header).to_bytes(4, "big") + header + _frame_part(frame)
+    return b"x" + len(header).to_bytes(4, "big") + header
 
 
 def encode_personal(channel_name: str, frame: str | bytes) -> bytes:
@@ -229,7 +238,17 @@ def decode_envelope(data: bytes) -> Envelope:
             control=inner.control,
             origin=origin.decode(),
             seq=int.from_bytes(data[1:9], "big"),
+            position=inner.position,
         )
+    if kind == _POSITIONED:
+        header, sep, rest = data[1:].partition(b"\n")
+        if not sep or rest[:1] not in (b"t", b"b", b"x"):
+            raise ValueError("malformed history envelope")
+        inner = decode_envelope(rest)
+        offset, colon, epoch = header.partition(b":")
+        if not colon or not offset.isdigit() or not epoch:
+            raise ValueError("malformed history position")
+        return Envelope(frame=inner.frame, exclude=inner.exclude, position=(int(offset), epoch.decode()))
     if kind in (_TEXT, _BINARY):
         return Envelope(frame=_decode_frame(data))
     if kind == _EXCEPT:

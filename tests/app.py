@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import sys
@@ -54,13 +55,22 @@ def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, Conne
         op = command.get("op")
         data = command.get("data")
         if op == "join":
-            await manager.join_group(command.get("channel", name), command["group"])
-            await manager.send_personal(name, {"type": "joined", "group": command["group"]})
+            joined = await manager.join_group(
+                command.get("channel", name), command["group"], command.get("since")
+            )
+            await manager.send_personal(
+                name, {"type": "joined", "group": command["group"], "result": dataclasses.asdict(joined)}
+            )
+        elif op == "history":
+            page = await manager.history(command["group"], command.get("since"), command.get("limit", 100))
+            await manager.send_personal(name, {"type": "history", **dataclasses.asdict(page)})
         elif op == "leave":
             await manager.leave_group(command.get("channel", name), command["group"])
             await manager.send_personal(name, {"type": "left", "group": command["group"]})
         elif op == "group":
-            await manager.send_to_group(command["group"], {"type": "group", "data": data})
+            await manager.send_to_group(
+                command["group"], {"type": "group", "data": data}, history=command.get("history", True)
+            )
             await acknowledge(command, name)
         elif op == "group_except":
             await manager.send_group_except(command["group"], {"type": "group", "data": data}, name)
@@ -89,10 +99,24 @@ def create_app(config: WSConfig, **manager_options: Any) -> tuple[FastAPI, Conne
             await manager.disconnect(command["channel"], command.get("code", 1000))
         elif op == "echo":
             await manager.send_personal(name, {"type": "echo", "data": data})
+        elif op == "group_raw":
+            # The message exactly as the client gave it (an object, a string, ...): for the
+            # checks a history group makes on what it stores.
+            await manager.send_to_group(
+                command["group"], command["message"], history=command.get("history", True)
+            )
+            await acknowledge(command, name)
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         return manager.get_stats()
+
+    history_lost: list[str] = []  # groups `on_history_lost` named, in order
+    manager.on_history_lost(history_lost.append)
+
+    @app.get("/history_lost")
+    async def lost_histories() -> list[str]:
+        return history_lost
 
     @app.get("/debug")
     async def debug() -> dict[str, Any]:

@@ -1,13 +1,17 @@
-"""Session-wide fixtures: a redis-server of our own (never the machine's), isolated per test by prefix."""
+"""Session-wide fixtures: a redis-server of our own (never the machine's), isolated per test by
+prefix, and the one fixture that starts the test app (tests/app.py) under a real uvicorn."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 
 from tests.support.redis_server import RedisProcess
+from tests.support.serving import LogCapture, Running, StartServer, start_test_app
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +35,22 @@ def own_redis() -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server_log() -> Iterator[LogCapture]:
+    """uvicorn's and the library's log records while the test's servers run."""
+    capture = LogCapture()
+    yield capture
+    capture.detach()
+
+
+@pytest.fixture
+def start_server(server_log: LogCapture) -> StartServer:
+    """`async with start_server(ws=..., uvicorn={...}, **settings) as (server, manager)`: the
+    test app under uvicorn on a free port, its log in `server_log` (tests/support/serving.py)."""
+
+    def start(**options: Any) -> AbstractAsyncContextManager[Running]:
+        return start_test_app(log=server_log, **options)
+
+    return start

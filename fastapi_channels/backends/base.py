@@ -15,6 +15,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi_channels.history import HistoryRead
 
 __all__ = [
     "Admission",
@@ -73,6 +77,8 @@ class BaseBackend(abc.ABC):
     name: str = "base"
     delivers_synchronously: bool = False
     """True when `publish` has handed the message to every subscriber before it returns."""
+    pubsub_lag: float | None = None
+    """Seconds the last self-check probe took through the broker and back (None: not measured)."""
 
     def __init__(self) -> None:
         self._listeners: list[BackendEventListener] = []
@@ -109,8 +115,23 @@ class BaseBackend(abc.ABC):
 
         The answer compares the servers reached with the servers that have members of the
         topic (group and user topics: those with members or connections; broadcast: every
-        server with a connection; an inbox: its owner, if alive).
+        live server; an inbox: its owner, if alive).
         """
+
+    @abc.abstractmethod
+    async def publish_history(
+        self, topic: str, group: str, outer: bytes, inner: bytes, body: str, size: int, ttl: int
+    ) -> tuple[Delivery, int, str]:
+        """Store the next message of a history group and publish it, in one operation.
+
+        `body` is a JSON object's text; the stored and published frame has `"offset"` and
+        `"epoch"` first. The envelope is `outer` + `h<offset>:<epoch>\n` + `inner` + the text
+        frame. Returns the delivery, the offset given and the group's history epoch.
+        """
+
+    @abc.abstractmethod
+    async def read_history(self, group: str, after: int, limit: int, size: int, ttl: int) -> HistoryRead:
+        """A history group's position and up to `limit` retained frames after offset `after`."""
 
     @abc.abstractmethod
     async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> Delivery:
@@ -126,6 +147,10 @@ class BaseBackend(abc.ABC):
     def listening(self, topic: str) -> bool:
         """Whether a message published to `topic` now is sure to come back to this server."""
         return True
+
+    def not_ready(self) -> str | None:
+        """Why this backend cannot serve new clients now (a short code), or None when it can."""
+        return None
 
     @abc.abstractmethod
     async def unsubscribe(self, topic: str) -> None:

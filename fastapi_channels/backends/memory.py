@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from fastapi_channels import routing
 from fastapi_channels.backends.base import Admission, BaseBackend, Delivery, MessageHandler
+from fastapi_channels.backends.memory_history import HistoryStore
+from fastapi_channels.history import HistoryRead
 
 __all__ = ["MemoryBackend", "MemoryHub"]
 
@@ -26,6 +29,7 @@ class MemoryHub:
     connections: dict[str, str | None] = field(default_factory=dict)
     users: dict[str, set[str]] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=dict)
+    histories: HistoryStore = field(default_factory=HistoryStore)
 
 
 class MemoryBackend(BaseBackend):
@@ -65,6 +69,17 @@ class MemoryBackend(BaseBackend):
             except Exception:
                 logger.exception("subscriber of %s failed", topic)
         return Delivery(len(handlers), len(handlers))
+
+    async def publish_history(
+        self, topic: str, group: str, outer: bytes, inner: bytes, body: str, size: int, ttl: int
+    ) -> tuple[Delivery, int, str]:
+        exclude = routing.decode_envelope(inner + b"t").exclude if inner else frozenset()
+        offset, epoch, frame = self.hub.histories.append(group, body, size, ttl, exclude)
+        payload = outer + b"h" + f"{offset}:{epoch}\n".encode() + inner + b"t" + frame.encode()
+        return await self.publish(topic, payload), offset, epoch
+
+    async def read_history(self, group: str, after: int, limit: int, size: int, ttl: int) -> HistoryRead:
+        return self.hub.histories.read(group, after, limit, size, ttl)
 
     async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> Delivery:
         delivery = await self.publish(user_topic, payload)

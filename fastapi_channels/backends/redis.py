@@ -20,17 +20,20 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from fastapi_channels import routing
 from fastapi_channels.backends.base import Admission, BaseBackend, Delivery, MessageHandler
 from fastapi_channels.backends.redis_keys import RedisKeys
 from fastapi_channels.backends.redis_reader import PubSubReader, ReaderState
 from fastapi_channels.backends.redis_state import ClusterState
 from fastapi_channels.exceptions import BackendError
+from fastapi_channels.history import HistoryEntry, HistoryRead
 from fastapi_channels.redact import redact_url
 
 if TYPE_CHECKING:
@@ -143,7 +146,7 @@ class RedisBackend(BaseBackend):
             self.state.bind(self._client)
             # State left by an earlier process with this server id belongs to no connection now.
             await self.state.retire()
-            await self.state.heartbeat()
+            await self._until_trusted()
             self.reader = PubSubReader(
                 lambda: self.client,
                 channel_prefix=self.prefix,
@@ -160,6 +163,15 @@ class RedisBackend(BaseBackend):
         self._keeper = asyncio.get_running_loop().create_task(
             self._keep_loop(), name="fastapi-channels-redis-keeper"
         )
+
+    async def _until_trusted(self) -> None:
+        """Register, and wait out a resync window in progress (Redis just lost, or may have
+        lost, its state: the other servers are writing theirs back) before taking clients."""
+        deadline = time.monotonic() + self.resync_window + 1
+        await self.state.heartbeat()
+        while not self.state.trusted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            await self.state.heartbeat()
 
     async def _connect_with_retries(self) -> None:
         attempts = self.reconnect_attempts + 1
@@ -244,6 +256,47 @@ class RedisBackend(BaseBackend):
     async def publish(self, topic: str, payload: bytes) -> Delivery:
         return await self._publish(topic, payload, exact=False)
 
+    async def publish_history(
+        self, topic: str, group: str, outer: bytes, inner: bytes, body: str, size: int, ttl: int
+    ) -> tuple[Delivery, int, str]:
+        audience, kind = self._audience(topic)
+        state = self.state
+        keys = self.keys
+        reached, expected, connections, epoch, offset, history_epoch = await state.script("publish_history")(
+            keys=[keys.epoch, audience, keys.history(group), keys.history_position(group)],
+            args=[
+                keys.channel(topic),
+                outer,
+                inner,
+                body,
+                kind,
+                self.prefix,
+                *state.epoch_args(),
+                size,
+                ttl,
+                uuid.uuid4().hex[:16],
+            ],
+        )
+        if state.learn_epoch(epoch):
+            self._schedule_rewrite()
+        expected = int(expected)
+        delivery = Delivery(int(reached), None if expected < 0 else expected, int(connections))
+        return delivery, int(offset), _text(history_epoch)
+
+    async def read_history(self, group: str, after: int, limit: int, size: int, ttl: int) -> HistoryRead:
+        keys = self.keys
+        answer = await self.state.script("read_history")(
+            keys=[keys.history(group), keys.history_position(group)], args=[after, limit, size]
+        )
+        epoch, offset, first, *flat = answer
+        if not epoch:
+            return HistoryRead(None, 0, 1, [])
+        entries = [
+            HistoryEntry(int(flat[i]), _text(flat[i + 1]), _exclusions(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+        return HistoryRead(_text(epoch), int(offset), int(first), entries)
+
     async def publish_to_user(self, user_topic: str, user_id: str, payload: bytes) -> Delivery:
         return await self._publish(user_topic, payload, exact=True)
 
@@ -255,6 +308,21 @@ class RedisBackend(BaseBackend):
     def listening(self, topic: str) -> bool:
         reader = self.reader
         return reader is not None and reader.listening(topic)
+
+    def not_ready(self) -> str | None:
+        """`backend_stopped`, `backend_connecting`, `backend_down`, or `backend_resyncing` while
+        the servers write their state back after Redis lost it (new connections are refused)."""
+        reader = self.reader
+        if reader is None:
+            return "backend_stopped"
+        if reader.state is ReaderState.DOWN:
+            return "backend_down"
+        if reader.state is not ReaderState.READY:
+            return "backend_connecting"
+        changed = self.state.epoch_changed_at
+        if changed and time.monotonic() - changed < self.resync_window:
+            return "backend_resyncing"
+        return None
 
     async def unsubscribe(self, topic: str) -> None:
         if self.reader is not None:
@@ -304,6 +372,7 @@ class RedisBackend(BaseBackend):
             try:
                 if await self.state.heartbeat():
                     await self._rewrite(check=False)
+                await self.state.retry_removals()
                 await self.state.reap()
                 await self.state.refresh_groups_if_due()
                 await self._probe()
@@ -324,6 +393,8 @@ class RedisBackend(BaseBackend):
             return
         now = time.monotonic()
         sent = self._probe_sent
+        if sent and reader.probe_seen >= sent:
+            self.pubsub_lag = reader.probe_seen - sent  # the last probe's round trip
         if sent and sent > reader.ready_at and reader.probe_seen < sent:
             if now - sent >= self.tick:
                 self.deaf_repairs += 1
@@ -366,3 +437,12 @@ class RedisBackend(BaseBackend):
 
     async def count_groups(self) -> int:
         return await self.state.count_groups()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _exclusions(header: bytes | str) -> frozenset[str]:
+    data = header.encode() if isinstance(header, str) else header
+    return routing.decode_envelope(data + b"t").exclude if data else frozenset()

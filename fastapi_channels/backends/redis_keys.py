@@ -10,6 +10,8 @@ Pure string building, kept apart so the layout is readable in one place::
     <p>group:<group>             set of the group's channel names, TTL REDIS_GROUP_EXPIRY
     <p>gsrv:<group>              hash server -> the group's member count there, same TTL
     <p>epoch                     hash id, born, lost: the incarnation of all of the above
+    <p>hist:<group>              stream of a history group's positioned frames, ids <offset>-1
+    <p>hpos:<group>              hash epoch, offset: a history group's position
     <p>groups                    zset <group> -> expiry deadline (ms): the cluster's group count
     <p><topic>                   pub/sub channels: group:<g>, user:<u>, inbox:<server>, broadcast
     <p>probe:<server>            pub/sub channel of the server's deafness self-check
@@ -77,6 +79,14 @@ class RedisKeys:
 
     def group_servers(self, group: str) -> str:
         return f"{self.prefix}gsrv:{key_part(group)}"
+
+    def history(self, group: str) -> str:
+        """The stream of a history group's messages (ids `<offset>-1`), TTL WS_HISTORY_TTL."""
+        return f"{self.prefix}hist:{key_part(group)}"
+
+    def history_position(self, group: str) -> str:
+        """A history group's epoch and last offset, TTL WS_HISTORY_TTL."""
+        return f"{self.prefix}hpos:{key_part(group)}"
 
     def channel(self, topic: str) -> str:
         return pubsub_channel(self.prefix, topic)

@@ -128,8 +128,8 @@ class PubSubReader:
         self._topic_of[self.channel(topic)] = topic
         if self._on_wire.get(topic) is not True and self.state is not ReaderState.DOWN:
             await self._send(topic, subscribe=True)
-        if self._is_confirmed(topic):
-            return
+        if topic not in self.wanted or self._is_confirmed(topic):
+            return  # confirmed, or no longer wanted (an unsubscribe came meanwhile)
         if self.state is ReaderState.DOWN:
             raise BackendError(
                 f"cannot subscribe to {topic!r}: Redis is unreachable",
@@ -161,6 +161,10 @@ class PubSubReader:
         self._resolve(topic)
         if self._on_wire.get(topic) is True:
             await self._send(topic, subscribe=False)
+        elif not self._unacked.get(topic) and topic not in self.wanted:
+            # Never went on the wire (e.g. wanted during an outage): nothing will answer for it.
+            self._on_wire.pop(topic, None)
+            self._topic_of.pop(self.channel(topic), None)
 
     def listening(self, topic: str) -> bool:
         return self.state is ReaderState.READY and self._is_confirmed(topic)
@@ -234,11 +238,17 @@ class PubSubReader:
         self.state = ReaderState.CONNECTING
         self.confirmed.clear()
         topics = sorted(self.wanted)
+        self._topic_of = {self.channel(topic): topic for topic in topics}
         channels = [self._probe, *(self.channel(topic) for topic in topics)]
         self._on_wire = dict.fromkeys(topics, True)
         self._unacked = dict.fromkeys(topics, 1)
         self._initial = set(channels)
         await pubsub.subscribe(*channels)
+        # redis-py would subscribe this connection again by itself if it reconnected it: the
+        # reader makes a new one instead, and two subscriptions of one server would count twice.
+        connection = pubsub.connection
+        if connection is not None:
+            connection.deregister_connect_callback(pubsub.on_connect)
         self._pubsub = pubsub
         # Wants that changed while that command was on its way.
         for topic in [t for t in self.wanted if not self._on_wire.get(t)]:
@@ -279,6 +289,7 @@ class PubSubReader:
                 else:
                     self.confirmed.discard(topic)
                     self._on_wire.pop(topic, None)
+                    self._resolve(topic)
                     if topic not in self.wanted:
                         self._topic_of.pop(channel, None)
         initial = self._initial

@@ -40,11 +40,14 @@ _SCRIPTS = (
     "reap",
     "refresh_groups",
     "publish",
+    "publish_history",
+    "read_history",
 )
 _REAP_BATCH = 500
 _REAP_ROUNDS_PER_TICK = 20
 _REFRESH_CHUNK = 500
 _REASSERT_CHUNK = 500
+MAX_PENDING_REMOVALS = 100_000
 _ADMISSION = {
     0: Admission.ACCEPTED,
     1: Admission.USER_LIMIT,
@@ -76,7 +79,15 @@ class ClusterState:
         self.resync_window_ms = int(resync_window * 1000)
         self.epoch = ""  # the epoch of the state this server last wrote or read
         self.epoch_changes = 0
+        self.epoch_changed_at = 0.0  # monotonic time this server last learned Redis lost the state
         self.rewrites = 0
+        self.trusted = True  # False while Redis's state may still be being written back
+        self.rewrite_needed = False  # set when Redis lost this server's state; cleared by a write-back
+        # Removals Redis did not confirm (it failed mid-call): retried by the keeper, so a
+        # released slot or membership never stays counted. Key: ("conn", channel) or
+        # ("member", group, channel); value: the user id of a connection.
+        self.pending_removals: dict[tuple[str, ...], str] = {}
+        self.removal_retries = 0
         self.limits: tuple[int, int] = (2**31, 2**31)  # per user, total: set by add_connection
         self.conns: dict[str, str] = {}  # channel -> user id ("" if anonymous)
         self.memberships: set[tuple[str, str]] = set()
@@ -106,6 +117,9 @@ class ClusterState:
         changed = bool(self.epoch) and value != self.epoch
         if changed:
             self.epoch_changes += 1
+            self.epoch_changed_at = time.monotonic()
+            if self.conns or self.memberships:
+                self.rewrite_needed = True
             logger.error("Redis lost the cluster state (epoch %s -> %s)", self.epoch, value)
         self.epoch = value
         return changed
@@ -118,6 +132,8 @@ class ClusterState:
         admission = await self._admit(channel_name, user_id or "", "new")
         if admission is Admission.ACCEPTED:
             self.conns[channel_name] = user_id or ""
+            # A new connection with this name: the old one's leftover is replaced by the script.
+            self.pending_removals.pop(("conn", channel_name), None)
         return admission
 
     def _admit_call(self, channel_name: str, user: str, mode: str) -> tuple[list[Any], list[Any]]:
@@ -145,11 +161,36 @@ class ClusterState:
     async def remove_connection(self, channel_name: str, user_id: str | None) -> None:
         user = user_id or ""
         self.conns.pop(channel_name, None)
+        try:
+            await self._remove_connection(channel_name, user)
+        except Exception:
+            self._remember(("conn", channel_name), user)
+            raise
+
+    async def _remove_connection(self, channel_name: str, user: str) -> None:
         keys = self.keys
         await self._scripts["remove_connection"](
             keys=[keys.user(user) if user else keys.conns, keys.conns],
             args=[channel_name, user, keys.server_id],
         )
+
+    def _remember(self, removal: tuple[str, ...], user: str = "") -> None:
+        if len(self.pending_removals) >= MAX_PENDING_REMOVALS:
+            logger.error(
+                "%d removals wait for Redis already: %r is left behind", len(self.pending_removals), removal
+            )
+            return
+        self.pending_removals[removal] = user
+
+    async def retry_removals(self) -> None:
+        """Apply the removals Redis did not confirm (the keeper calls this every tick)."""
+        for removal, user in list(self.pending_removals.items()):
+            if removal[0] == "conn":
+                await self._remove_connection(removal[1], user)
+            else:
+                await self._group_discard(removal[1], removal[2])
+            self.pending_removals.pop(removal, None)
+            self.removal_retries += 1
 
     async def count_connections(self) -> int:
         return int(
@@ -161,6 +202,7 @@ class ClusterState:
 
     # --- groups --------------------------------------------------------------------------------
     async def group_add(self, group: str, channel_name: str, *, max_groups: int) -> bool:
+        self.pending_removals.pop(("member", group, channel_name), None)
         added = await self._group_add(group, channel_name, max_groups)
         if added:
             self.memberships.add((group, channel_name))
@@ -184,8 +226,15 @@ class ClusterState:
         return bool(await self._scripts["group_add"](*self._group_add_call(group, channel_name, max_groups)))
 
     async def group_discard(self, group: str, channel_name: str) -> None:
-        keys = self.keys
         self.memberships.discard((group, channel_name))
+        try:
+            await self._group_discard(group, channel_name)
+        except Exception:
+            self._remember(("member", group, channel_name))
+            raise
+
+    async def _group_discard(self, group: str, channel_name: str) -> None:
+        keys = self.keys
         await self._scripts["group_discard"](
             keys=[keys.group(group), keys.groups, keys.members, keys.group_servers(group)],
             args=[key_part(group), channel_name, keys.membership(group, channel_name), keys.server_id],
@@ -215,12 +264,15 @@ class ClusterState:
     async def heartbeat(self) -> bool:
         """Refresh liveness; True when this server's state had to be written back."""
         keys = self.keys
-        existed, epoch = await self._scripts["heartbeat"](
+        existed, epoch, trusted = await self._scripts["heartbeat"](
             keys=[keys.alive, keys.servers, keys.epoch],
             args=[self.registry_expiry, keys.server_id, *self.epoch_args()],
         )
-        changed = self.learn_epoch(epoch)
-        return bool((not existed or changed) and (self.conns or self.memberships))
+        self.trusted = bool(int(trusted))
+        self.learn_epoch(epoch)
+        if not existed and (self.conns or self.memberships):
+            self.rewrite_needed = True
+        return self.rewrite_needed
 
     async def rewrite(self) -> list[tuple[str, Admission]]:
         """Write this server's connections and memberships back, under the limits.
@@ -267,6 +319,7 @@ class ClusterState:
         for group, channel in memberships:
             if (group, channel) not in self.memberships:
                 await self.group_discard(group, channel)
+        self.rewrite_needed = False
         return refused
 
     async def reap(self) -> None:

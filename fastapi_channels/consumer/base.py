@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from fastapi_channels.connection import Connection
     from fastapi_channels.endpoint import UserIdSource
+    from fastapi_channels.history import JoinResult
     from fastapi_channels.manager import ConnectionManager
     from fastapi_channels.middleware.base import Middleware
 
@@ -181,14 +182,16 @@ class BaseConsumer:
     async def send_bytes(self, data: bytes) -> bool:
         return self.manager.send_local(self.connection, bytes(data))
 
-    async def join_group(self, group: str) -> None:
-        await self.manager.join_group(self.channel_name, group)
+    async def join_group(self, group: str, since: Any = None) -> JoinResult:
+        """Join `group`; for a history group, `since=(epoch, offset)` replays what was missed
+        (see `ConnectionManager.join_group`)."""
+        return await self.manager.join_group(self.channel_name, group, since)
 
     async def leave_group(self, group: str) -> None:
         await self.manager.leave_group(self.channel_name, group)
 
-    async def send_to_group(self, group: str, message: Any) -> None:
-        await self.manager.send_to_group(group, message)
+    async def send_to_group(self, group: str, message: Any, *, history: bool = True) -> None:
+        await self.manager.send_to_group(group, message, history=history)
 
     async def send_to_group_except_sender(self, group: str, message: Any) -> None:
         await self.manager.send_group_except(group, message, self.channel_name)

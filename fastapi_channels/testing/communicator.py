@@ -12,7 +12,7 @@ import contextlib
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
@@ -119,7 +119,9 @@ class Communicator:
     ) -> None:
         self.app = app
         parts = urlsplit(path)
-        self.path = parts.path or "/"
+        # As an ASGI server hands it over: `path` decoded, `raw_path` as sent.
+        self.raw_path = (parts.path or "/").encode()
+        self.path = unquote(parts.path or "/")
         self.query_string = parts.query.encode()
         pairs = headers.items() if isinstance(headers, dict) else (headers or ())
         self.headers = [(name.lower().encode(), value.encode()) for name, value in pairs]
@@ -160,7 +162,7 @@ class Communicator:
             "client": self.client,
             "root_path": "",
             "path": self.path,
-            "raw_path": self.path.encode(),
+            "raw_path": self.raw_path,
             "query_string": self.query_string,
             "headers": list(self.headers),
             "subprotocols": list(self.subprotocols),

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from tests.redis.conftest import cluster  # noqa: F401 - re-exported as a fixture of this package
-from tests.support.client import close_all_clients
+from tests.support.client import close_clients  # noqa: F401 - an autouse fixture of this folder
+from tests.support.serving import FAST, SANSIO
 
-FAST = "fastapi_channels.fastpath:FastWebSocketProtocol"
-WS_IMPLEMENTATIONS = ["websockets-sansio", FAST]
+WS_IMPLEMENTATIONS = [SANSIO, FAST]
 WS_IDS = ["sansio", "fastpath"]
-
-
-@pytest.fixture(autouse=True)
-async def close_clients() -> AsyncIterator[None]:
-    yield
-    await close_all_clients()
 
 
 class TracebackLog(logging.Handler):

@@ -9,6 +9,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.redis.conftest import ClusterFactory
 from tests.support.client import Client
+from tests.support.eventually import eventually
 
 LIMIT = 12
 ATTEMPTS = 80
@@ -55,10 +56,11 @@ async def test_a_flood_of_distinct_users_gets_exactly_the_cluster_wide_limit(clu
 
     # A freed slot is usable again, by anyone, and only one.
     await accepted[0].close()
-    for _ in range(100):
-        if await connections_of(s2.http_url) == LIMIT - 1:
-            break
-        await asyncio.sleep(0.05)
+
+    async def slot_freed() -> bool:
+        return await connections_of(s2.http_url) == LIMIT - 1
+
+    await eventually(slot_freed, what="the freed slot", interval=0.05)
     second = await asyncio.gather(*(attempt(ATTEMPTS + i) for i in range(4)))
     assert len([client for client in second if client is not None]) == 1
     for server in (s1, s2):

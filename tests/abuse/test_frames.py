@@ -7,11 +7,7 @@ logged no "Exception in ASGI application".
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
 import json
-import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -20,113 +16,29 @@ from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from fastapi_channels import ConnectionManager, WSConfig
+from fastapi_channels import ConnectionManager
 from fastapi_channels.testing import ServerHandle, serve
 from tests.abuse.conftest import WS_IDS, WS_IMPLEMENTATIONS, asgi_tracebacks
-from tests.app import create_app
 from tests.support.client import Client
+from tests.support.eventually import eventually
+from tests.support.raw_socket import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawSocket, frame
+from tests.support.serving import Running, StartServer
 
 MAX_SIZE = 65536
-TIMEOUT = 5.0
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
-    """One client frame as RFC 6455 lays it out (masked unless told otherwise)."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    mask_bit = 0x80 if masked else 0
-    length = len(payload)
-    if length < 126:
-        head += bytes([mask_bit | length])
-    elif length < 1 << 16:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
-    if not masked:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-class RawSocket:
-    """A WebSocket client written by hand: handshake, raw frames out, parsed server frames in."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int, path: str) -> RawSocket:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        raw = cls(reader, writer)
-        try:
-            key = base64.b64encode(os.urandom(16)).decode()
-            writer.write(
-                (
-                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                ).encode()
-            )
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-            assert head.startswith(b"HTTP/1.1 101"), head
-        except BaseException:
-            await raw.close()
-            raise
-        return raw
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        with contextlib.suppress(ConnectionError):  # the server may close while we still write
-            await self.writer.drain()
-
-    async def read_frame(self) -> tuple[int, bytes]:
-        first, second = await asyncio.wait_for(self.reader.readexactly(2), TIMEOUT)
-        assert not second & 0x80, "server frames are never masked"
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        payload = await asyncio.wait_for(self.reader.readexactly(length), TIMEOUT)
-        return first & 0x0F, payload
-
-    async def next_json(self) -> dict:
-        """The next data frame as JSON, skipping heartbeat pings."""
-        while True:
-            opcode, payload = await self.read_frame()
-            assert opcode == OP_TEXT, (opcode, payload)
-            message = json.loads(payload)
-            if message.get("type") != "ping":
-                return message  # type: ignore[no-any-return]
-
-    async def close_code(self) -> int | None:
-        """Read until the server's close frame and return its code (None: TCP closed without one)."""
-        while True:
-            try:
-                opcode, payload = await self.read_frame()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return None
-            if opcode == OP_CLOSE:
-                return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else 1005
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
 
 
 @pytest.fixture(params=WS_IMPLEMENTATIONS, ids=WS_IDS)
-async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ServerHandle, ConnectionManager]]:
-    app, manager = create_app(WSConfig(LOG_STATS=False, WS_MAX_MESSAGE_SIZE=MAX_SIZE))
-    async with serve(app, ws=request.param, ws_max_size=MAX_SIZE) as handle:
+async def server(request: pytest.FixtureRequest, start_server: StartServer) -> AsyncIterator[Running]:
+    async with start_server(
+        ws=request.param, uvicorn={"ws_max_size": MAX_SIZE}, WS_MAX_MESSAGE_SIZE=MAX_SIZE
+    ) as running:
         with asgi_tracebacks() as tracebacks:
-            yield handle, manager
+            yield running
     assert not tracebacks.messages, tracebacks.messages[0]
 
 
 @pytest.fixture
-def raw_socket(server: tuple[ServerHandle, ConnectionManager]) -> Callable[[], Awaitable[RawSocket]]:
+def raw_socket(server: Running) -> Callable[[], Awaitable[RawSocket]]:
     opened: list[RawSocket] = []
 
     async def open_one() -> RawSocket:
@@ -144,11 +56,7 @@ async def assert_still_serving(handle: ServerHandle, manager: ConnectionManager)
     client = await Client.open(handle.ws_url, "healthy")
     try:
         assert (await client.call("echo", op="echo", data="ok"))["data"] == "ok"
-        for _ in range(100):
-            if len(manager.registry) == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert len(manager.registry) == 1
+        await eventually(lambda: len(manager.registry) == 1, what="the abusive connection's cleanup")
     finally:
         await client.close()
 
@@ -287,8 +195,5 @@ async def test_the_traceback_check_does_see_an_unhandled_exception() -> None:
                     pass
             except InvalidStatus:
                 pass
-            for _ in range(100):
-                if tracebacks.messages:
-                    break
-                await asyncio.sleep(0.02)
-    assert tracebacks.messages and "deliberate" in tracebacks.messages[0]
+            await eventually(lambda: bool(tracebacks.messages), what="the traceback")
+    assert "deliberate" in tracebacks.messages[0]

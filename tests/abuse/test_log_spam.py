@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.abuse.conftest import FAST
-from tests.abuse.test_frames import OP_TEXT, RawSocket, frame
 from tests.redis.test_resilience import stats
+from tests.support.eventually import eventually
+from tests.support.raw_socket import OP_TEXT, RawSocket, frame
 from tests.support.server_process import ServerProcess
 
 CLIENTS = 200
@@ -61,11 +62,12 @@ async def test_invalid_utf8_from_200_clients_writes_no_traceback(
         for _ in range(CLIENTS // BATCH):
             codes += await asyncio.gather(*(send_invalid_utf8(server.port) for _ in range(BATCH)))
         assert codes == [1007] * CLIENTS
-        for _ in range(100):
-            view = await stats(server.http_url)
-            if view["connections_closed"] == CLIENTS:
-                break
-            await asyncio.sleep(0.05)
+
+        async def all_closed() -> bool:
+            return bool((await stats(server.http_url))["connections_closed"] == CLIENTS)
+
+        await eventually(all_closed, what="every connection's cleanup", interval=0.05)
+        view = await stats(server.http_url)
         assert (view["connections"], view["connections_closed"]) == (0, CLIENTS)
 
         lines = server.log().splitlines()

@@ -17,10 +17,11 @@ import httpx
 import pytest
 
 from tests.abuse.conftest import WS_IDS, WS_IMPLEMENTATIONS
-from tests.abuse.test_frames import OP_TEXT, RawSocket, frame
 from tests.redis.conftest import ClusterFactory
 from tests.redis.test_resilience import stats
 from tests.support.client import Client
+from tests.support.eventually import eventually
+from tests.support.raw_socket import OP_TEXT, RawSocket, frame
 from tests.support.server_process import ServerProcess
 
 QUEUE_BYTES = 1 << 20  # WS_OUTBOUND_QUEUE_BYTES
@@ -72,10 +73,11 @@ async def test_a_non_reading_member_costs_a_bounded_amount_of_server_memory(
         await sender.call("echo", op="echo", data="warm-up")
         raw = await open_non_reader(server.port, "busy")
         async with httpx.AsyncClient() as http:
-            for _ in range(100):
-                if (await http.get(f"{server.http_url}/stats")).json()["groups"] == 1:
-                    break
-                await asyncio.sleep(0.02)
+
+            async def joined() -> bool:
+                return bool((await http.get(f"{server.http_url}/stats")).json()["groups"] == 1)
+
+            await eventually(joined, what="the non-reader's join")
         before = server.rss_mib()
 
         data = "x" * PAYLOAD
@@ -125,13 +127,12 @@ async def test_fifty_megabytes_to_a_group_with_a_non_reading_member_on_a_cluster
     raw = await open_non_reader(a.port, "big")
     try:
         async with httpx.AsyncClient() as http:
-            for _ in range(250):
+
+            async def joined() -> bool:
                 view = (await http.get(f"{a.http_url}/cluster", params={"group": "big"})).json()
-                if view["group_size"] == 3:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError("the non-reader did not join")
+                return bool(view["group_size"] == 3)
+
+            await eventually(joined, what="the non-reader's join")
         await sender.call("echo", op="echo", data="warm-up")
         before = a.rss_mib()
 

@@ -15,12 +15,12 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from fastapi_channels import ConnectionManager, WSConfig
+from fastapi_channels import ConnectionManager
 from fastapi_channels.exceptions import ValidationError
-from fastapi_channels.testing import ServerHandle, serve
-from tests.app import create_app
+from fastapi_channels.testing import ServerHandle
 from tests.support.client import Client
 from tests.support.redis_server import RedisProcess
+from tests.support.serving import Running, StartServer
 
 EXECUTED: list[str] = []
 
@@ -42,14 +42,12 @@ class Exploit:
 
 @pytest.fixture
 async def redis_app(
-    redis_server: RedisProcess, redis_prefix: str
-) -> AsyncIterator[tuple[ServerHandle, ConnectionManager]]:
-    config = WSConfig(
-        LOG_STATS=False, BACKEND_TYPE="redis", REDIS_URL=redis_server.url, REDIS_CHANNEL_PREFIX=redis_prefix
-    )
-    app, manager = create_app(config)
-    async with serve(app) as handle:
-        yield handle, manager
+    start_server: StartServer, redis_server: RedisProcess, redis_prefix: str
+) -> AsyncIterator[Running]:
+    async with start_server(
+        BACKEND_TYPE="redis", REDIS_URL=redis_server.url, REDIS_CHANNEL_PREFIX=redis_prefix
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -1,18 +1,14 @@
-"""A consumer app in the README's shape, for tests that talk to it over real sockets.
+"""A consumer app in the README's shape, for the consumer tests.
 
 `create_app` builds the FastAPI app around a middleware chain and a consumer class; its
-WebSocket endpoint body is the README's, verbatim. `app_from_env` is the factory the
-server processes run (`uvicorn --factory tests.consumer.app:app_from_env`): the README's
-middleware chain (validation >> logging >> rate limit, the rate limit in Redis when
-BACKEND_TYPE=redis) configured from the environment.
+WebSocket endpoint body is the README's, verbatim. `readme_middleware` is the README's chain
+(validation >> logging >> rate limit, the rate limit in Redis when given a client).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,9 +200,10 @@ def create_app(
     consumer_class: type[BaseConsumer] = ChatConsumer,
     db: FakeDatabase | None = None,
     events: Events | None = None,
-    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    manager: ConnectionManager | None = None,
 ) -> tuple[FastAPI, ConnectionManager]:
-    manager = ConnectionManager(ws_config=ws_config)
+    """`manager`: one made elsewhere (a LocalCluster's); by default one of `ws_config`."""
+    manager = manager if manager is not None else ConnectionManager(ws_config=ws_config)
     # Under the README's name, so that the endpoint body below is the README's verbatim.
     ChatConsumer = type(consumer_class.__name__, (consumer_class,), {"events": events})
     db = db if db is not None else FakeDatabase()
@@ -216,8 +213,6 @@ def create_app(
         await manager.start_tasks()
         yield
         await manager.stop_tasks(timeout=5)
-        if on_shutdown is not None:
-            await on_shutdown()
 
     app = FastAPI(lifespan=lifespan)
 
@@ -278,26 +273,3 @@ def readme_middleware(ws_config: WSConfig, redis: Any, *, limit: int, window: fl
             prefix=ws_config.REDIS_CHANNEL_PREFIX,
         )
     )
-
-
-def app_from_env() -> FastAPI:
-    """Factory for server processes: WSConfig from the environment, rate limit from CONSUMER_RATE_*."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    ws_config = WSConfig()
-    redis = None
-    if ws_config.BACKEND_TYPE == "redis":
-        from redis.asyncio import Redis
-
-        redis = Redis.from_url(ws_config.REDIS_URL, encoding="utf-8", decode_responses=True)
-    middleware = readme_middleware(
-        ws_config,
-        redis,
-        limit=int(os.environ.get("CONSUMER_RATE_LIMIT", "3")),
-        window=float(os.environ.get("CONSUMER_RATE_WINDOW", "2")),
-    )
-
-    async def close_redis() -> None:
-        if redis is not None:
-            await redis.aclose()
-
-    return create_app(ws_config, middleware, on_shutdown=close_redis)[0]

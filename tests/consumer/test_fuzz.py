@@ -1,23 +1,27 @@
-"""Hypothesis-generated frames against a server process of the README-shaped consumer app.
+"""Hypothesis-generated frames against the README-shaped consumer app, through the test kit's
+Communicator (tests/abuse/test_frame_fuzz.py fuzzes the transport of a real server).
 
 Whatever a client sends (arbitrary text, arbitrary JSON objects, binary), each frame gets a
 normal reply or an error frame that is not INTERNAL_ERROR (an unhandled exception), the
-connection stays open and usable, and the server logs no traceback.
+connection stays open and usable, and the app logs no traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websockets.sync.client import ClientConnection, connect
 
-from tests.consumer.conftest import ConsumerServer
+from fastapi_channels import WSConfig
+from fastapi_channels.testing import Communicator, app_lifespan
+from tests.consumer.app import create_app, readme_middleware
 
 MAX_SIZE = 600
 TIMEOUT = 5.0
@@ -79,28 +83,22 @@ def _skipped_json(text: str) -> bool:
     return isinstance(frame, dict) and frame.get("type") in SKIPPED_TYPES
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsumerServer]:
-    server = ConsumerServer(
-        {
-            "BACKEND_TYPE": "memory",
-            "WS_MAX_MESSAGE_SIZE": str(MAX_SIZE),
-            "CONSUMER_RATE_LIMIT": "1000000",
-            "CONSUMER_RATE_WINDOW": "1",
-        },
-        tmp_path_factory.mktemp("fuzz") / "server.log",
-    )
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture
+async def consumer_app(caplog: pytest.LogCaptureFixture) -> AsyncIterator[FastAPI]:
+    """The README's chain in front of the consumer app; a rate limit no fuzz run reaches."""
+    caplog.set_level(logging.WARNING)
+    config = WSConfig(BACKEND_TYPE="memory", LOG_STATS=False, WS_MAX_MESSAGE_SIZE=MAX_SIZE)
+    app, _ = create_app(config, readme_middleware(config, None, limit=1_000_000, window=1))
+    async with app_lifespan(app):
+        yield app
 
 
-def replies_before_echo(ws: ClientConnection) -> list[Any]:
+async def replies_before_echo(ws: Communicator) -> list[Any]:
     nonce = uuid.uuid4().hex
-    ws.send(json.dumps({"type": "echo", "data": nonce}))
+    await ws.send_json_to({"type": "echo", "data": nonce})
     replies: list[Any] = []
     while True:
-        raw = ws.recv(timeout=TIMEOUT)
+        raw = await ws.receive_from(TIMEOUT)
         frame: Any = raw
         if isinstance(raw, str):
             try:
@@ -112,14 +110,18 @@ def replies_before_echo(ws: ClientConnection) -> list[Any]:
         replies.append(frame)
 
 
-def exchange(server: ConsumerServer, frames: list[str | bytes]) -> None:
-    with connect(f"{server.ws_url}/ws/fuzzer", open_timeout=10, close_timeout=5) as ws:
-        welcome = json.loads(ws.recv(timeout=TIMEOUT))
+async def exchange(app: FastAPI, frames: list[str | bytes]) -> None:
+    """Each frame on one connection; an exception the app did not handle fails at the exit."""
+    async with Communicator(app, "/ws/fuzzer") as ws:
+        welcome = await ws.receive_json_from(TIMEOUT)
         assert welcome["type"] == "welcome"
-        assert replies_before_echo(ws) == []
+        assert await replies_before_echo(ws) == []
         for frame in frames:
-            ws.send(frame)
-            replies = replies_before_echo(ws)  # the connection is still usable after every frame
+            if isinstance(frame, bytes):
+                await ws.send_to(bytes_data=frame)
+            else:
+                await ws.send_to(text_data=frame)
+            replies = await replies_before_echo(ws)  # the connection is still usable after every frame
             assert len(replies) == 1, (frame, replies)
             reply = replies[0]
             if isinstance(reply, dict) and reply.get("type") == "error":
@@ -131,31 +133,32 @@ def exchange(server: ConsumerServer, frames: list[str | bytes]) -> None:
                 assert isinstance(reply, str | bytes), (frame, reply)
 
 
-def assert_clean_log(server: ConsumerServer, since: int) -> None:
-    log = server.log()[since:]
-    for marker in ("Traceback", "unexpected error", "Exception in ASGI"):
-        assert marker not in log, log[-4000:]
+async def fuzz(app: FastAPI, caplog: pytest.LogCaptureFixture, frames: list[str | bytes]) -> None:
+    start = len(caplog.records)
+    await exchange(app, frames)
+    logged = [r for r in caplog.records[start:] if r.exc_info or "unexpected error" in r.getMessage()]
+    assert not logged, [r.getMessage() for r in logged]
 
 
 @FUZZ
 @given(frames=st.lists(text_frames, min_size=1, max_size=6))
-def test_arbitrary_text_frames(fuzz_server: ConsumerServer, frames: list[str]) -> None:
-    start = len(fuzz_server.log())
-    exchange(fuzz_server, list(frames))
-    assert_clean_log(fuzz_server, start)
+async def test_arbitrary_text_frames(
+    consumer_app: FastAPI, caplog: pytest.LogCaptureFixture, frames: list[str]
+) -> None:
+    await fuzz(consumer_app, caplog, list(frames))
 
 
 @FUZZ
 @given(frames=st.lists(json_objects, min_size=1, max_size=6))
-def test_arbitrary_json_objects(fuzz_server: ConsumerServer, frames: list[dict[str, Any]]) -> None:
-    start = len(fuzz_server.log())
-    exchange(fuzz_server, [json.dumps(frame) for frame in frames])
-    assert_clean_log(fuzz_server, start)
+async def test_arbitrary_json_objects(
+    consumer_app: FastAPI, caplog: pytest.LogCaptureFixture, frames: list[dict[str, Any]]
+) -> None:
+    await fuzz(consumer_app, caplog, [json.dumps(frame) for frame in frames])
 
 
 @FUZZ
 @given(frames=st.lists(binary_frames | text_frames | json_objects.map(json.dumps), min_size=1, max_size=6))
-def test_binary_and_mixed_frames(fuzz_server: ConsumerServer, frames: list[str | bytes]) -> None:
-    start = len(fuzz_server.log())
-    exchange(fuzz_server, list(frames))
-    assert_clean_log(fuzz_server, start)
+async def test_binary_and_mixed_frames(
+    consumer_app: FastAPI, caplog: pytest.LogCaptureFixture, frames: list[str | bytes]
+) -> None:
+    await fuzz(consumer_app, caplog, list(frames))

@@ -1,5 +1,5 @@
-"""The middleware chain behind the README's endpoint, over real sockets: order, short-circuit,
-errors that close, and the in-process rate limit."""
+"""The middleware chain behind the README's endpoint, through the test kit's Communicator:
+order, short-circuit, errors that close, and the in-process rate limit."""
 
 from __future__ import annotations
 
@@ -23,7 +23,14 @@ from fastapi_channels.exceptions import (
 from fastapi_channels.middleware import MiddlewareChain, RateLimitMiddleware, ValidationMiddleware
 from fastapi_channels.testing import free_port
 from tests.consumer.app import EXCLUDED_TYPES, ChatConsumer, DropType, RaiseOn, Tag
-from tests.consumer.conftest import Harness, WsClient, eventually
+from tests.consumer.support import (
+    Harness,
+    expect_error,
+    frames_until_closed,
+    replies_before_echo,
+    request,
+    roundtrip,
+)
 
 
 # --- order and short-circuit -------------------------------------------------------------------------
@@ -36,15 +43,15 @@ async def test_chain_runs_in_order_and_none_stops_the_message(harness: Harness, 
     assert isinstance(chain, MiddlewareChain) and len(chain.steps) == 4  # flat, not nested
 
     server = await harness.start(chain)
-    client = await harness.client(server)
+    client, _ = await harness.client(server)
 
-    echo = await client.request("echo", type="echo", data=1)
+    echo = await request(client, "echo", type="echo", data=1)
     assert echo["metadata"]["trail"] == ["a", "c", "d"]  # the order the steps saw the message
     assert log == [("a", "echo"), ("c", "echo"), ("d", "echo")]
 
     log.clear()
-    await client.send(type="drop", data=2)  # b returns None: c, d and receive never see it
-    assert await client.replies_before_echo() == []
+    await client.send_json_to({"type": "drop", "data": 2})  # b returns None: c, d, receive never see it
+    assert await replies_before_echo(client) == []
     assert ("c", "drop") not in log and ("d", "drop") not in log
     assert ("a", "drop") in log
     assert server.events.on_disconnect == []
@@ -57,8 +64,8 @@ async def test_a_step_can_change_the_message(harness: Harness) -> None:
             return Message(type="echo", data=message.data, metadata={"rewritten_from": message.type})
 
     server = await harness.start(Upper("upper") >> Tag("after"))
-    client = await harness.client(server)
-    reply = await client.request("echo", type="shout", data="hello")
+    client, _ = await harness.client(server)
+    reply = await request(client, "echo", type="shout", data="hello")
     assert reply["data"] == "HELLO"
     assert reply["metadata"] == {"rewritten_from": "shout", "trail": ["after"]}
 
@@ -84,27 +91,28 @@ async def test_an_error_that_disconnects_sends_its_frame_then_closes_with_its_co
 ) -> None:
     log: list[tuple[str, str]] = []
     server = await harness.start(Tag("first", log) >> RaiseOn("secret", make_error) >> Tag("never", log))
-    client = await harness.client(server)
-    await client.roundtrip()
+    client, welcome = await harness.client(server)
+    await roundtrip(client)
 
-    await client.send(type="secret")
-    frames, code = await client.frames_until_closed()
+    await client.send_json_to({"type": "secret"})
+    frames, code = await frames_until_closed(client)
     assert [(f["type"], f["error_code"], f["category"]) for f in frames] == [("error", error_code, category)]
     assert code == close_code
     assert ("never", "secret") not in log
-    await eventually(lambda: len(server.manager.registry) == 0)
-    assert server.events.on_disconnect == [(client.channel_name, close_code)]
+    await client.disconnect()  # returns once the endpoint has ended
+    assert len(server.manager.registry) == 0
+    assert server.events.on_disconnect == [(welcome["channel_name"], close_code)]
 
 
 async def test_an_error_that_does_not_disconnect_is_answered_and_the_connection_stays(
     harness: Harness,
 ) -> None:
     server = await harness.start(RaiseOn("admin", lambda: AuthorizationError("admins only")))
-    client = await harness.client(server)
-    await client.send(type="admin")
-    error = await client.expect_error("FORBIDDEN")
+    client, _ = await harness.client(server)
+    await client.send_json_to({"type": "admin"})
+    error = await expect_error(client, "FORBIDDEN")
     assert error["category"] == "authorization"
-    await client.roundtrip()
+    await roundtrip(client)
     assert server.events.on_disconnect == []
 
 
@@ -114,10 +122,11 @@ async def test_authentication_error_in_the_connect_hook_closes_4001(harness: Har
             raise AuthenticationError("no token")
 
     server = await harness.start(None, consumer_class=NeedsToken)
-    client = await WsClient.open_raw(server.url, "intruder")
-    _, code = await client.frames_until_closed()
+    client = await harness.open(server, "intruder")
+    _, code = await frames_until_closed(client)
     assert code == CloseCode.AUTHENTICATION_FAILED
-    await eventually(lambda: len(server.manager.registry) == 0)
+    await client.disconnect()  # returns once the endpoint has ended
+    assert len(server.manager.registry) == 0
 
 
 def test_message_too_large_carries_close_code_1009() -> None:
@@ -140,42 +149,42 @@ async def test_in_process_rate_limit_per_user(harness: Harness) -> None:
     )
     assert limiter.redis is None
     server = await harness.start(ValidationMiddleware(4096) >> limiter)
-    first = await harness.client(server, "carol")
-    second = await harness.client(server, "carol")  # the same user: one window for both
-    other = await harness.client(server, "dave")
+    first, _ = await harness.client(server, "carol")
+    second, _ = await harness.client(server, "carol")  # the same user: one window for both
+    other, _ = await harness.client(server, "dave")
 
-    await first.roundtrip()
-    await first.roundtrip()
-    await second.roundtrip()
+    await roundtrip(first)
+    await roundtrip(first)
+    await roundtrip(second)
     refusals = []
     for client in (second, first):
-        await client.send(type="echo", data="over")
-        refusals.append(await client.expect_error("RATE_LIMIT_EXCEEDED"))
+        await client.send_json_to({"type": "echo", "data": "over"})
+        refusals.append(await expect_error(client, "RATE_LIMIT_EXCEEDED"))
     for error in refusals:
         assert error["category"] == "rate_limit" and error["retryable"] is True
         assert 0 < error["details"]["retry_after"] <= window
         assert error["details"]["limit"] == 3 and error["details"]["window_seconds"] == window
 
-    assert await first.request("typing_ok", type="typing_start")  # excluded types pass
-    await first.send(type="ping")
-    assert (await first.recv())["type"] == "pong"
-    await other.roundtrip()  # another user has a window of his own
+    assert await request(first, "typing_ok", type="typing_start")  # excluded types pass
+    await first.send_json_to({"type": "ping"})
+    assert (await first.receive_json_from())["type"] == "pong"
+    await roundtrip(other)  # another user has a window of his own
 
     await asyncio.sleep(max(e["details"]["retry_after"] for e in refusals) + 0.05)
-    await first.roundtrip()  # allowed again once the oldest message left the window
+    await roundtrip(first)  # allowed again once the oldest message left the window
     assert server.events.on_disconnect == []
 
 
 async def test_in_process_rate_limit_per_connection(harness: Harness) -> None:
     limiter = RateLimitMiddleware(messages_per_window=2, window_seconds=30, key="connection")
     server = await harness.start(limiter)
-    first = await harness.client(server, "erin")
-    second = await harness.client(server, "erin")
+    first, _ = await harness.client(server, "erin")
+    second, _ = await harness.client(server, "erin")
     for client in (first, second):
-        await client.roundtrip()
-        await client.roundtrip()
-        await client.send(type="echo", data="third")
-        error = await client.expect_error("RATE_LIMIT_EXCEEDED")
+        await roundtrip(client)
+        await roundtrip(client)
+        await client.send_json_to({"type": "echo", "data": "third"})
+        error = await expect_error(client, "RATE_LIMIT_EXCEEDED")
         assert 29 < error["details"]["retry_after"] <= 30
 
 
@@ -188,13 +197,13 @@ async def test_rate_limit_falls_back_to_this_process_while_redis_is_unreachable(
         server = await harness.start(
             RateLimitMiddleware(messages_per_window=2, window_seconds=30, redis=dead)
         )
-        client = await harness.client(server)
-        await client.roundtrip()
-        await client.roundtrip()
-        await client.send(type="echo", data="third")
-        error = await client.expect_error("RATE_LIMIT_EXCEEDED")
+        client, _ = await harness.client(server)
+        await roundtrip(client)
+        await roundtrip(client)
+        await client.send_json_to({"type": "echo", "data": "third"})
+        error = await expect_error(client, "RATE_LIMIT_EXCEEDED")
         assert 0 < error["details"]["retry_after"] <= 30
-        await client.request("pong", type="ping")
+        await request(client, "pong", type="ping")
     finally:
         await dead.aclose()
     warnings = [r for r in caplog.records if "falls back" in r.getMessage()]

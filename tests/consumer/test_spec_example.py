@@ -16,7 +16,7 @@ from urllib.parse import quote
 from fastapi_channels.consumer.base import BaseConsumer
 from fastapi_channels.middleware import LoggingMiddleware, Middleware, ValidationMiddleware
 from fastapi_channels.typed import Message
-from tests.consumer.conftest import Harness, WsClient
+from tests.consumer.support import Harness, request
 
 if TYPE_CHECKING:
     from fastapi_channels import Connection, ConnectionManager
@@ -155,40 +155,47 @@ class SpecChatConsumer(BaseConsumer):
 async def test_a_consumer_written_for_the_original_example_runs_unchanged(harness: Harness) -> None:
     middleware = ValidationMiddleware(4096) >> LoggingMiddleware() >> Censor("darn")
     server = await harness.start(middleware, consumer_class=SpecChatConsumer)
-    carol = await harness.client(server, quote("Carol Smith"))
-    carol_phone = await harness.client(server, quote("Carol Smith"))
-    zoe = await harness.client(server, quote("Zoë"))
-    assert carol.welcome["user_id"] == "Carol Smith" and zoe.welcome["user_id"] == "Zoë"
+    carol, carol_welcome = await harness.client(server, quote("Carol Smith"))
+    _, carol_phone_welcome = await harness.client(server, quote("Carol Smith"))
+    zoe, zoe_welcome = await harness.client(server, quote("Zoë"))
+    assert carol_welcome["user_id"] == "Carol Smith" and zoe_welcome["user_id"] == "Zoë"
 
     # Room names as people type them.
     for room in ("My Room", "Café"):
-        assert (await carol.request("room_joined", type="join_room", data={"room": f" {room} "}))[
-            "room"
-        ] == room
-        assert (await carol.recv())["type"] == "user_joined_room"
-        await zoe.request("room_joined", type="join_room", data={"room": room})
-        assert (await zoe.recv())["user_id"] == "Zoë"
-        assert await carol.recv() == {"type": "user_joined_room", "user_id": "Zoë", "room": room}
+        joined = await request(carol, "room_joined", type="join_room", data={"room": f" {room} "})
+        assert joined["room"] == room
+        assert (await carol.receive_json_from())["type"] == "user_joined_room"
+        await request(zoe, "room_joined", type="join_room", data={"room": room})
+        assert (await zoe.receive_json_from())["user_id"] == "Zoë"
+        assert await carol.receive_json_from() == {"type": "user_joined_room", "user_id": "Zoë", "room": room}
 
     # send_group_except(..., exclude_connection_id=...): everyone in the room but the sender.
-    await carol.send(type="typing_start", data={"room": "My Room"})
-    assert await zoe.recv() == {"type": "user_typing_start", "user_id": "Carol Smith", "room": "My Room"}
-    await carol.send(type="typing_stop", data={"room": "Café"})
-    assert await zoe.recv() == {"type": "user_typing_stop", "user_id": "Carol Smith", "room": "Café"}
+    await carol.send_json_to({"type": "typing_start", "data": {"room": "My Room"}})
+    assert await zoe.receive_json_from() == {
+        "type": "user_typing_start",
+        "user_id": "Carol Smith",
+        "room": "My Room",
+    }
+    await carol.send_json_to({"type": "typing_stop", "data": {"room": "Café"}})
+    assert await zoe.receive_json_from() == {
+        "type": "user_typing_stop",
+        "user_id": "Carol Smith",
+        "room": "Café",
+    }
 
     # await manager.get_user_connections(user_id): this server's connections of the user. Its
     # reply is the next frame Carol gets: the typing frames never reached her.
-    mine = await carol.request("my_connections", type="my_connections")
-    assert mine["channels"] == sorted([carol.channel_name, carol_phone.channel_name])
+    mine = await request(carol, "my_connections", type="my_connections")
+    assert mine["channels"] == sorted([carol_welcome["channel_name"], carol_phone_welcome["channel_name"]])
 
     # The custom middleware ran in the chain before receive.
-    await zoe.send(type="chat_message", data={"room": "My Room", "text": "darn, it works"})
+    await zoe.send_json_to({"type": "chat_message", "data": {"room": "My Room", "text": "darn, it works"}})
     said = {"type": "chat_message", "user_id": "Zoë", "room": "My Room", "text": "****, it works"}
-    assert await carol.recv() == said
-    assert await zoe.recv() == said
+    assert await carol.receive_json_from() == said
+    assert await zoe.receive_json_from() == said
 
     # The example's own send_error(text) answers what receive does not know.
-    error = await zoe.request("error", type="dance")
+    error = await request(zoe, "error", type="dance")
     assert error["message"] == "Unknown message type: dance"
 
 
@@ -198,7 +205,7 @@ async def test_the_original_import_paths_name_the_librarys_classes(harness: Harn
     assert BaseConsumer is fastapi_channels.BaseConsumer
     assert Message is fastapi_channels.Message
     server = await harness.start(None, consumer_class=SpecChatConsumer)
-    client: WsClient = await harness.client(server, "plain")
-    assert (await client.request("my_connections", type="my_connections"))["channels"] == [
-        client.channel_name
+    client, welcome = await harness.client(server, "plain")
+    assert (await request(client, "my_connections", type="my_connections"))["channels"] == [
+        welcome["channel_name"]
     ]

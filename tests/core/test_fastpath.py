@@ -7,12 +7,9 @@ import asyncio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from fastapi_channels import WSConfig
 from fastapi_channels.framing import encode_frame
-from fastapi_channels.testing import serve
-from tests.app import create_app
-from tests.core.conftest import FAST
 from tests.support.client import Client
+from tests.support.serving import FAST, StartServer
 
 
 def test_frames_follow_rfc_6455_length_forms() -> None:
@@ -22,11 +19,12 @@ def test_frames_follow_rfc_6455_length_forms() -> None:
     assert encode_frame(b"a" * 65536)[:10] == b"\x82\x7f" + (65536).to_bytes(8, "big")
 
 
-async def test_a_connection_with_permessage_deflate_takes_the_standard_path() -> None:
-    app, manager = create_app(WSConfig(LOG_STATS=False))
-    async with serve(app, ws=FAST) as server:
-        plain = await Client.open(server.ws_url, "plain", compression=None)
-        deflated = await Client.open(server.ws_url, "deflated")  # the client offers permessage-deflate
+async def test_a_connection_with_permessage_deflate_takes_the_standard_path(
+    start_server: StartServer,
+) -> None:
+    async with start_server(ws=FAST) as (server, manager):
+        plain = await Client.open(server, "plain", compression=None)
+        deflated = await Client.open(server, "deflated")  # the client offers permessage-deflate
         assert manager.get_connection(plain.channel_name).uses_fast_path  # type: ignore[union-attr]
         assert not manager.get_connection(deflated.channel_name).uses_fast_path  # type: ignore[union-attr]
         for client in (plain, deflated):
@@ -37,10 +35,14 @@ async def test_a_connection_with_permessage_deflate_takes_the_standard_path() ->
             assert [(await client.next())["data"] for _ in range(100)] == list(range(100))
 
 
-async def test_fast_frames_interleave_cleanly_with_the_protocols_own_pings() -> None:
-    app, manager = create_app(WSConfig(LOG_STATS=False))
-    async with serve(app, ws=FAST, ws_ping_interval=0.01, ws_ping_timeout=5) as server:
-        client = await Client.open(server.ws_url, "a", compression=None, max_size=None)
+async def test_fast_frames_interleave_cleanly_with_the_protocols_own_pings(
+    start_server: StartServer,
+) -> None:
+    async with start_server(ws=FAST, uvicorn={"ws_ping_interval": 0.01, "ws_ping_timeout": 5}) as (
+        server,
+        manager,
+    ):
+        client = await Client.open(server, "a", compression=None, max_size=None)
         await client.call("joined", op="join", group="room")
         for sequence in range(3000):
             await manager.send_to_group("room", {"type": "group", "data": sequence, "pad": "y" * 500})
@@ -49,10 +51,9 @@ async def test_fast_frames_interleave_cleanly_with_the_protocols_own_pings() -> 
         assert [(await client.next())["data"] for _ in range(3000)] == list(range(3000))
 
 
-async def test_closing_a_member_during_a_fan_out_burst_hurts_no_one() -> None:
-    app, manager = create_app(WSConfig(LOG_STATS=False))
-    async with serve(app, ws=FAST) as server:
-        clients = [await Client.open(server.ws_url, f"u{i}", compression=None) for i in range(5)]
+async def test_closing_a_member_during_a_fan_out_burst_hurts_no_one(start_server: StartServer) -> None:
+    async with start_server(ws=FAST) as (server, manager):
+        clients = [await Client.open(server, f"u{i}", compression=None) for i in range(5)]
         for client in clients:
             await client.call("joined", op="join", group="room")
         leaving = clients[2]

@@ -1,178 +1,232 @@
-"""Connections come and go without leaks; limits, heartbeat, shutdown and bad input."""
+"""Connections come and go without leaving anything behind; limits refuse cleanly; shutdown
+tells every client; get_manager() is clear about a missing manager."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 
 import pytest
+from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from fastapi_channels import get_manager
+from fastapi_channels import ConnectionManager, get_manager
 from fastapi_channels import manager as manager_module
-from tests.core.conftest import FAST, StartServer
 from tests.support.client import Client
+from tests.support.eventually import eventually
+from tests.support.serving import FAST, SANSIO, LogCapture, StartServer, has_local_connections
 
 
-async def test_a_thousand_connect_disconnect_cycles_leave_no_trace(start_server: StartServer) -> None:
-    async with start_server() as (server, manager):
+def leftovers(manager: ConnectionManager, baseline_topics: frozenset[str]) -> dict[str, object]:
+    """Everything a connection could leave behind in the manager and the memory backend."""
+    hub = manager.backend.hub  # type: ignore[attr-defined]
+    stats = manager.get_stats()
+    return {
+        "registry": list(manager.registry),
+        "registry groups": list(manager.registry.groups()),
+        "registry users": manager.registry.user_count(),
+        "stats": (stats["connections"], stats["users"], stats["groups"], stats["buffered_messages"]),
+        "topics": manager.subscribed_topics ^ baseline_topics,
+        "hub connections": dict(hub.connections),
+        "hub users": dict(hub.users),
+        "hub groups": dict(hub.groups),
+        "hub subscribers": set(hub.subscribers) ^ baseline_topics,
+        "fast-path index": set(manager._fast_channels),  # private, but an index all the same
+    }
+
+
+CLEAN = {
+    "registry": [],
+    "registry groups": [],
+    "registry users": 0,
+    "stats": (0, 0, 0, 0),
+    "topics": frozenset(),
+    "hub connections": {},
+    "hub users": {},
+    "hub groups": {},
+    "hub subscribers": set(),
+    "fast-path index": set(),
+}
+
+
+# The library's code differs between the ASGI path and the fast path; uvicorn's two own
+# protocols share the ASGI path, so its sans-I/O one stands for both here.
+@pytest.mark.parametrize("ws", [SANSIO, FAST], ids=["sansio", "fastpath"])
+async def test_a_thousand_connect_disconnect_cycles_leave_no_trace(
+    start_server: StartServer, ws: str
+) -> None:
+    async with start_server(ws=ws) as (server, manager):
         baseline_topics = manager.subscribed_topics
         baseline_tasks = len(asyncio.all_tasks())
-        for round_ in range(100):
-            clients = [await Client.open(server.ws_url, f"user{i % 3}") for i in range(10)]
+        assert leftovers(manager, baseline_topics) == CLEAN
+
+        batch, rounds = 50, 20
+        for round_ in range(rounds):
+            clients = await asyncio.gather(
+                *(Client.open(server, f"user{(round_ * batch + i) % 7}") for i in range(batch))
+            )
             for index, client in enumerate(clients):
-                await client.send(op="join", group=f"g{index % 4}")
+                await client.send(op="join", group=f"room{index % 5}")
+                await client.send(op="join", group=f"solo{round_}-{index}")  # a group of one
             for client in clients:
-                assert (await client.next())["type"] == "joined"
-            if round_ % 2:
-                await asyncio.gather(*(client.close() for client in clients))
-            else:  # half the rounds end from the server side
-                await asyncio.gather(*(manager.disconnect(c.channel_name) for c in clients))
-                await asyncio.gather(*(client.close() for client in clients))
-        for _ in range(100):
-            if len(manager.registry) == 0 and len(asyncio.all_tasks()) <= baseline_tasks:
-                break
-            await asyncio.sleep(0.05)
+                assert [(await client.next())["type"] for _ in range(2)] == ["joined", "joined"]
+            assert len(manager.registry) == batch
+
+            # A third leave politely, a third are closed by the server, a third vanish
+            # (TCP dropped with no close frame, as a phone going out of coverage).
+            polite, kicked, vanished = clients[0::3], clients[1::3], clients[2::3]
+            for client in vanished:
+                client.ws.transport.abort()
+            await asyncio.gather(
+                *(client.close() for client in polite),
+                *(manager.disconnect(client.channel_name) for client in kicked),
+            )
+            await asyncio.gather(*(client.close() for client in clients))
+            Client.opened.clear()
+
+        await eventually(
+            lambda: len(manager.registry) == 0 and len(asyncio.all_tasks()) <= baseline_tasks,
+            what="every connection and its tasks to be gone",
+        )
+        assert leftovers(manager, baseline_topics) == CLEAN
         stats = manager.get_stats()
-        assert (stats["connections"], stats["users"], stats["groups"]) == (0, 0, 0)
-        assert stats["connections_opened"] == stats["connections_closed"] == 1000
-        assert manager.subscribed_topics == baseline_topics
-        hub = manager.backend.hub  # type: ignore[attr-defined]
-        assert hub.connections == {} and hub.users == {} and hub.groups == {}
-        assert set(hub.subscribers) == set(baseline_topics)
-        assert len(asyncio.all_tasks()) <= baseline_tasks
+        assert stats["connections_opened"] == stats["connections_closed"] == batch * rounds
+        assert len(asyncio.all_tasks()) == baseline_tasks
+
+        # And the server still works.
+        late = await Client.open(server, "late")
+        await late.call("joined", op="join", group="room0")
+        await manager.send_to_group("room0", {"type": "group", "data": "still works"})
+        assert await late.next() == {"type": "group", "data": "still works"}
 
 
-async def test_per_user_and_total_limits_refuse_cleanly(start_server: StartServer) -> None:
-    async with start_server(MAX_CONNECTIONS_PER_CLIENT=2, MAX_TOTAL_CONNECTIONS=3) as (server, manager):
-        await Client.open(server.ws_url, "alice")
-        await Client.open(server.ws_url, "alice")
-        with pytest.raises(ConnectionClosed) as per_user:
-            await Client.open(server.ws_url, "alice")
-        assert per_user.value.rcvd is not None
-        assert (per_user.value.rcvd.code, per_user.value.rcvd.reason) == (1013, "CONNECTION_LIMIT_EXCEEDED")
-        await Client.open(server.ws_url, "bob")
-        with pytest.raises(ConnectionClosed) as total:
-            await Client.open(server.ws_url, "carol")
-        assert total.value.rcvd is not None and total.value.rcvd.code == 1013
-        assert manager.get_stats()["connections_refused"] == 2
+async def test_the_third_connection_of_a_user_is_refused_with_1013(start_server: StartServer) -> None:
+    async with start_server(MAX_CONNECTIONS_PER_CLIENT=2) as (server, manager):
+        first = await Client.open(server, "alice")
+        await Client.open(server, "alice")
+
+        code, reason = await Client.open_refused(server, "alice")
+
+        assert (code, reason) == (1013, "CONNECTION_LIMIT_EXCEEDED")
+        assert len(await manager.get_user_connections("alice")) == 2
+        assert manager.get_stats()["connections_refused"] == 1
+        await Client.open(server, "bob")  # other users are not affected
+        # A slot comes back when one of alice's connections ends.
+        await first.close()
+        await eventually(lambda: has_local_connections(manager, "alice", 1), what="the slot")
+        await Client.open(server, "alice")
+        assert await manager.count_user_connections("alice") == 2
+
+
+async def test_a_burst_of_connections_of_one_user_admits_exactly_the_limit(start_server: StartServer) -> None:
+    async with start_server(MAX_CONNECTIONS_PER_CLIENT=2) as (server, manager):
+
+        async def attempt() -> tuple[int | None, str | None] | Client:
+            try:
+                return await Client.open(server, "alice")
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None, "refused without a close frame"
+                return closed.rcvd.code, closed.rcvd.reason
+
+        outcomes = await asyncio.gather(*(attempt() for _ in range(10)))
+
+        admitted = [o for o in outcomes if isinstance(o, Client)]
+        assert len(admitted) == 2
+        assert [o for o in outcomes if not isinstance(o, Client)] == [(1013, "CONNECTION_LIMIT_EXCEEDED")] * 8
+        assert len(await manager.get_user_connections("alice")) == 2
+        assert await manager.count_user_connections("alice") == 2
+
+
+async def test_connections_beyond_the_total_limit_are_refused_with_1013(start_server: StartServer) -> None:
+    async with start_server(MAX_TOTAL_CONNECTIONS=3) as (server, manager):
+        clients = [await Client.open(server, f"user{i}") for i in range(3)]
+
+        assert await Client.open_refused(server, "user3") == (1013, "CONNECTION_LIMIT_EXCEEDED")
+        assert await Client.open_refused(server, "user0") == (1013, "CONNECTION_LIMIT_EXCEEDED")
+
         assert len(manager.registry) == 3
+        assert manager.get_stats()["connections_refused"] == 2
+        for client in clients:  # the admitted ones are untouched
+            assert await client.echo_marker("ok") == {"type": "echo", "data": "ok"}
+        await clients[0].close()
+        await eventually(lambda: len(manager.registry) == 2, what="the freed slot")
+        await Client.open(server, "user3")
 
 
-async def test_a_silent_client_is_pinged_then_closed_and_a_chatty_one_stays(
-    start_server: StartServer,
-) -> None:
-    async with start_server(WS_HEARTBEAT_INTERVAL=0.2, WS_HEARTBEAT_TIMEOUT=0.8) as (server, manager):
-        silent = await Client.open(server.ws_url, "silent")
-        chatty = await Client.open(server.ws_url, "chatty")
-        ping = json.loads(await asyncio.wait_for(silent.ws.recv(), 5))
-        assert ping["type"] == "ping" and isinstance(ping["timestamp"], float)
-
-        async def keep_answering() -> None:
-            while True:
-                frame = json.loads(await chatty.ws.recv())
-                if frame["type"] == "ping":
-                    await chatty.ws.send(json.dumps({"type": "pong"}))
-
-        answering = asyncio.create_task(keep_answering())
-        try:
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await asyncio.wait_for(silent.ws.recv(), 5)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
-            assert manager.get_connection(chatty.channel_name) is not None
-            assert manager.get_connection(silent.channel_name) is None
-            assert manager.get_stats()["heartbeat_closes"] == 1
-        finally:
-            answering.cancel()
-
-
-async def test_heartbeat_can_be_turned_off(start_server: StartServer) -> None:
-    async with start_server(
-        WS_ENABLE_HEARTBEAT=False, WS_HEARTBEAT_INTERVAL=0.05, WS_HEARTBEAT_TIMEOUT=0.1
-    ) as (
-        server,
-        manager,
-    ):
-        silent = await Client.open(server.ws_url, "silent")
-        manager.heartbeat_sweep  # noqa: B018 - the sweeper exists but is not running
-        await asyncio.sleep(0.5)  # five timeouts of silence
-        assert (await silent.call("echo", op="echo", data=1))["data"] == 1
-        assert manager.get_stats()["heartbeat_closes"] == 0
-
-
-async def test_malformed_input_never_kills_the_server(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_disconnect_by_channel_name_closes_with_the_given_code(start_server: StartServer) -> None:
     async with start_server() as (server, manager):
-        healthy = await Client.open(server.ws_url, "healthy")
-        for bad in ("not json", "[1,2]", '{"op": "join"}', b"\xff\xfe binary"):
-            victim = await Client.open(server.ws_url, "victim")
-            await victim.ws.send(bad)
-            with pytest.raises(ConnectionClosed):
-                while True:
-                    await asyncio.wait_for(victim.ws.recv(), 5)
-        async with connect(f"{server.ws_url}/ws/big", max_size=None) as big:
-            await big.recv()
-            await big.send("x" * (17 * 1024 * 1024))  # above uvicorn's 16 MiB default
-            with pytest.raises(ConnectionClosed) as too_big:
-                while True:
-                    await asyncio.wait_for(big.recv(), 10)
-            assert too_big.value.rcvd is not None and too_big.value.rcvd.code == 1009
-        assert (await healthy.call("echo", op="echo", data="still here"))["data"] == "still here"
-        for _ in range(50):
-            if len(manager.registry) == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert len(manager.registry) == 1
+        admin, target = await Client.open(server, "admin"), await Client.open(server, "target")
+        await target.call("joined", op="join", group="room")
 
+        await admin.send(op="disconnect", channel=target.channel_name, code=4003)
 
-async def test_stop_tasks_closes_everyone_with_1001(start_server: StartServer) -> None:
-    async with start_server() as (server, manager):
-        clients = [await Client.open(server.ws_url, f"u{i}") for i in range(5)]
-        for client in clients:
-            await client.call("joined", op="join", group="room")
-        await manager.stop_tasks(timeout=5)
-        for client in clients:
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await asyncio.wait_for(client.ws.recv(), 5)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-        assert len(manager.registry) == 0
-        assert not manager.get_stats()["started"]
-        assert manager.backend.hub.connections == {}  # type: ignore[attr-defined]
-
-
-async def test_server_shutdown_sends_every_client_a_close_frame(
-    start_server: StartServer, ws_impl: str
-) -> None:
-    clients: list[Client] = []
-    async with start_server() as (server, manager):
-        clients = [await Client.open(server.ws_url, f"u{i}") for i in range(5)]
-    # uvicorn's own protocols close with 1012 (service restart) before the lifespan runs;
-    # the library's fast-path protocol says 1001 (going away).
-    expected = 1001 if ws_impl == FAST else 1012
-    for client in clients:
-        with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                await asyncio.wait_for(client.ws.recv(), 5)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == expected
-    assert len(manager.registry) == 0
-
-
-async def test_get_manager_without_a_manager_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manager_module, "_default_manager", None)
-    with pytest.raises(RuntimeError, match="no ConnectionManager exists yet"):
-        get_manager()
+        assert (await target.wait_closed())[0] == 4003
+        await eventually(lambda: manager.get_connection(target.channel_name) is None, what="cleanup")
+        assert manager.get_group_connections("room") == [] and manager.get_stats()["groups"] == 0
+        await manager.disconnect(target.channel_name)  # idempotent: already gone, no error
+        assert await admin.echo_marker("m") == {"type": "echo", "data": "m"}
 
 
 async def test_a_refused_connection_logs_no_traceback(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
+    start_server: StartServer, server_log: LogCapture
 ) -> None:
-    async with start_server(MAX_TOTAL_CONNECTIONS=1) as (server, _):
-        await Client.open(server.ws_url, "first")
-        with caplog.at_level(logging.ERROR), pytest.raises(ConnectionClosed):
-            await Client.open(server.ws_url, "second")
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    def add_a_failing_endpoint(app: FastAPI) -> None:
+        @app.websocket("/boom")
+        async def boom(websocket: WebSocket) -> None:
+            await websocket.accept()
+            raise RuntimeError("boom")
+
+    async with start_server(
+        MAX_CONNECTIONS_PER_CLIENT=1, MAX_TOTAL_CONNECTIONS=2, extend=add_a_failing_endpoint
+    ) as (server, manager):
+        await Client.open(server, "alice")
+        assert await Client.open_refused(server, "alice") == (1013, "CONNECTION_LIMIT_EXCEEDED")  # per user
+        await Client.open(server, "bob")
+        assert await Client.open_refused(server, "carol") == (1013, "CONNECTION_LIMIT_EXCEEDED")  # total
+        assert manager.get_stats()["connections_refused"] == 2
+        assert server_log.tracebacks() == []
+
+        # The same capture does see an endpoint that really fails: the check above can fail.
+        async with connect(f"{server.ws_url}/boom") as ws:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        await eventually(lambda: bool(server_log.tracebacks()), what="the traceback of /boom")
+        assert any("Exception in ASGI application" in text for text in server_log.tracebacks())
+
+
+async def test_stop_tasks_closes_every_client_with_1001(start_server: StartServer, ws: str) -> None:
+    async with start_server(ws=ws) as (server, manager):
+        clients = [await Client.open(server, f"user{i % 2}") for i in range(4)]
+        for client in clients:
+            await client.call("joined", op="join", group="room")
+
+        await manager.stop_tasks(timeout=5)  # what the app's lifespan does on shutdown
+
+        for client in clients:
+            assert await client.wait_closed() == (1001, "server shutting down")
+        assert leftovers(manager, frozenset()) == {**CLEAN, "topics": frozenset()}
+        assert manager.get_stats()["started"] is False
+
+
+async def test_leaving_serve_sends_every_client_a_close_frame(start_server: StartServer, ws: str) -> None:
+    """Never a bare TCP drop. uvicorn's own protocols close every socket with 1012 (service
+    restart) before the lifespan runs (README, close codes); the fast path says 1001."""
+    async with start_server(ws=ws) as (server, manager):
+        clients = [await Client.open(server, f"user{i}") for i in range(4)]
+        for client in clients:
+            await client.call("joined", op="join", group="room")
+        readers = [asyncio.ensure_future(client.wait_closed(timeout=15)) for client in clients]
+    codes = await asyncio.gather(*readers)
+    assert [code for code, _ in codes] == [1001 if ws == FAST else 1012] * len(clients)
+    assert len(manager.registry) == 0
+
+
+async def test_get_manager_before_any_manager_exists_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, start_server: StartServer
+) -> None:
+    monkeypatch.setattr(manager_module, "_default_manager", None)
+    with pytest.raises(RuntimeError, match="no ConnectionManager exists yet"):
+        get_manager()
+    # The first manager created from then on is the one get_manager() returns.
+    async with start_server() as (_, first), start_server() as (_, second):
+        assert get_manager() is first and first is not second

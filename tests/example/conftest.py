@@ -15,13 +15,10 @@ from example.main import create_app
 from example.settings import ChatSettings
 from fastapi_channels import WSConfig
 from fastapi_channels.testing import ServerHandle, serve
-from tests.example.support import close_all_clients
-
-
-@pytest.fixture(autouse=True)
-async def close_chat_clients() -> AsyncIterator[None]:
-    yield
-    await close_all_clients()
+from tests.support.client import (
+    close_all_clients,
+    close_clients,  # noqa: F401 - an autouse fixture of this folder
+)
 
 
 class RunningChat:

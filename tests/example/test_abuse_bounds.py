@@ -15,7 +15,8 @@ import pytest
 from example.database import ChatDatabase
 from example.typing_indicators import TypingCoalescer, TypingSend
 from tests.example.conftest import ChatFactory, RunningChat
-from tests.example.support import ChatClient, wait_for
+from tests.example.support import ChatClient
+from tests.support.eventually import eventually
 
 TOKENS = {"alice": "alice-token", "bob": "bob-token", "carol": "carol-token"}
 SECURED: dict[str, Any] = {
@@ -230,7 +231,7 @@ async def test_a_sent_announcement_frees_its_place(chat_factory: ChatFactory) ->
         )
         assert first.status_code == 200
         await bob.expect("announcement", message="soon")
-        await wait_for(lambda: chat.app.state.events.scheduled_count() == 0, what="place freed")
+        await eventually(lambda: chat.app.state.events.scheduled_count() == 0, what="place freed")
         again = await http.post(
             "/api/announce", json={"message": "again", "delay_seconds": 0.1}, headers=bearer("bob")
         )
@@ -355,7 +356,7 @@ async def test_the_latest_typing_state_arrives_after_the_interval(chat_factory: 
         await bob.send("typing_stop", room="general")
         await alice.expect("user_typing_start", user_id="bob")
         await alice.expect("user_typing_stop", user_id="bob")  # held, then sent: the state is right
-        await wait_for(lambda: typing.stats()["entries"] == 0, what="the entry expired")
+        await eventually(lambda: typing.stats()["entries"] == 0, what="the entry expired")
         assert not [f for f in await alice.sync() if f["type"].startswith("user_typing")]
 
 
@@ -379,7 +380,7 @@ async def test_a_state_back_to_what_the_room_saw_is_not_sent_again() -> None:
     # No offer yields to the loop, so all three land within one interval, whatever the machine.
     for state in (True, False, True):
         await typing.offer("bob", "general", state, "bob-1")
-    await wait_for(lambda: typing.stats()["entries"] == 0, what="the entry expired")
+    await eventually(lambda: typing.stats()["entries"] == 0, what="the entry expired")
     assert sent == [("general", "bob", True, "bob-1")]
     assert typing.stats() == {"entries": 0, "sent": 1, "coalesced": 2, "dropped": 0}
 
@@ -389,7 +390,7 @@ async def test_a_failed_held_send_is_logged_not_raised(caplog: pytest.LogCapture
     typing = TypingCoalescer(recorder(sent, fail_after=1), interval=0.05, max_entries=10)
     await typing.offer("bob", "general", True, "bob-1")
     await typing.offer("bob", "general", False, "bob-2")
-    await wait_for(lambda: typing.stats()["entries"] == 0, what="the entry expired")
+    await eventually(lambda: typing.stats()["entries"] == 0, what="the entry expired")
     assert sent == [("general", "bob", True, "bob-1")]
     assert "typing fan-out to general for bob failed" in caplog.text
     await typing.aclose()

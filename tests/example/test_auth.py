@@ -64,3 +64,21 @@ async def test_admin_rooms_refuse_other_users_and_join_nothing(tmp_path: Path) -
         # Ordinary rooms stay open to everyone.
         await bob.send(json.dumps({"type": "join_room", "data": {"room": "general"}}))
         assert (await next_of(bob, "room_joined"))["room"] == "general"
+
+
+async def test_health_and_metrics_are_public_even_with_tokens(tmp_path: Path) -> None:
+    """A load balancer and Prometheus have no token: /health/* and /metrics answer anyway, and
+    say nothing about users (counts only)."""
+    import httpx
+
+    settings = ChatSettings(CHAT_DB_PATH=tmp_path / "chat.db", CHAT_ACCESS_TOKENS="alice:s3cret")
+    app = create_app(WSConfig(LOG_STATS=False), settings)
+    async with serve(app) as server, httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+        assert (await http.get("/health/live")).status_code == 200
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        async with connect(server.ws_url + "/ws/alice?token=s3cret") as ws:
+            await next_of(ws, "welcome")
+            metrics = (await http.get("/metrics")).text
+        assert "fastapi_channels_connections 1.0" in metrics
+        assert "alice" not in metrics and "s3cret" not in metrics

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.example.conftest import ChatFactory, RunningChat
-from tests.example.support import wait_for
+from tests.support.eventually import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -115,7 +115,7 @@ async def test_two_users_chat_in_the_browser(browser: Any, chat: RunningChat, tm
         channels = [c.channel_name for c in await manager.get_user_connections("alice")]
         return channels not in ([], [old.channel_name])
 
-    await wait_for(reconnected, timeout=15, what="alice reconnected")
+    await eventually(reconnected, timeout=15, what="alice reconnected")
     await expect(alice.locator("#status")).to_have_text(re.compile("connected as alice"), timeout=15_000)
     await bob.fill("#message-input", "welcome back")
     await bob.click("#send-btn")

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.example.support import ChatClient, ExampleServer, close_all_clients, example_env
+from tests.example.support import ChatClient, ExampleServer, example_env
+from tests.support.client import close_all_clients
 
 NO_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: any Redis use would fail
 

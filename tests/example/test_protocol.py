@@ -12,7 +12,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from example.protocol import CLIENT_MESSAGES, SERVER_FRAMES
 from tests.example.conftest import ChatFactory, RunningChat
-from tests.example.support import ChatClient, wait_for
+from tests.example.support import ChatClient
+from tests.support.eventually import eventually
 
 
 async def joined(chat: RunningChat, user: str, room: str = "general") -> ChatClient:
@@ -265,11 +266,11 @@ async def test_disconnect_tells_the_rooms_once_per_user(chat: RunningChat) -> No
     async def one_left() -> bool:
         return len(await manager.get_user_connections("bob")) == 1
 
-    await wait_for(one_left)
-    for _ in range(500):  # bob_1's on_disconnect has removed its presence
-        if len(await db.room_presence("general")) == 2:
-            break
-        await asyncio.sleep(0.01)
+    async def presence_updated() -> bool:  # bob_1's on_disconnect has removed its presence
+        return len(await db.room_presence("general")) == 2
+
+    await eventually(one_left, what="bob_1's connection to go")
+    await eventually(presence_updated, what="bob_1's presence to go")
     await alice.send("get_room_users", room="general")
     assert [u["user_id"] for u in (await alice.expect("room_users"))["users"]] == ["alice", "bob"]
     # bob is still in the room through his other connection: no user_left

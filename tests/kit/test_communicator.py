@@ -127,3 +127,10 @@ async def test_a_local_cluster_carries_messages_between_its_servers(
         # The cluster's servers stay up between communicators.
         assert all(m.get_stats()["started"] for m in cluster.managers)
     assert not any(m.get_stats()["started"] for m in cluster.managers)
+
+
+async def test_a_percent_encoded_path_reaches_the_app_decoded_as_a_server_hands_it_over() -> None:
+    manager = ConnectionManager(WSConfig(LOG_STATS=False))
+    app = chat_app(manager)
+    async with Communicator(app, "/ws/Carol%20Smith") as carol:
+        assert await carol.receive_json_from() == {"type": "hello", "user": "Carol Smith"}

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.client import close_all_clients
+from tests.support.client import close_clients  # noqa: F401 - an autouse fixture of this folder
 from tests.support.redis_server import RedisProcess
 from tests.support.server_process import ServerProcess
 
 ClusterFactory = Callable[..., list[ServerProcess]]
-
-
-@pytest.fixture(autouse=True)
-async def close_clients() -> AsyncIterator[None]:
-    yield
-    await close_all_clients()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.redis.conftest import ClusterFactory
 from tests.support.client import Client
+from tests.support.eventually import eventually
 
 
 async def cluster_view(base_url: str, group: str = "g", user: str = "u") -> dict:
@@ -19,6 +20,10 @@ async def cluster_view(base_url: str, group: str = "g", user: str = "u") -> dict
         response = await http.get(f"{base_url}/cluster", params={"group": group, "user": user}, timeout=10)
         response.raise_for_status()
         return response.json()
+
+
+async def group_size_is(base_url: str, group: str, size: int) -> bool:
+    return bool((await cluster_view(base_url, group=group))["group_size"] == size)
 
 
 async def test_group_user_broadcast_and_personal_sends_cross_servers(cluster: ClusterFactory) -> None:
@@ -62,18 +67,12 @@ async def test_join_leave_and_disconnect_of_a_connection_owned_by_another_server
     member = await Client.open(s2.ws_url, "member")
 
     await admin.call("joined", op="join", channel=member.channel_name, group="news")
-    for _ in range(50):
-        if (await cluster_view(s1.http_url, group="news"))["group_size"] == 1:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: group_size_is(s1.http_url, "news", 1), what="the join", interval=0.05)
     await admin.send(op="group", group="news", data="headline")
     assert (await member.next()) == {"type": "group", "data": "headline"}
 
     await admin.call("left", op="leave", channel=member.channel_name, group="news")
-    for _ in range(50):
-        if (await cluster_view(s1.http_url, group="news"))["group_size"] == 0:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: group_size_is(s1.http_url, "news", 0), what="the leave", interval=0.05)
     await admin.send(op="group", group="news", data="nobody hears this")
     await admin.send(op="personal", to=member.channel_name, data="marker")
     assert (await member.next()) == {"type": "personal", "data": "marker"}
@@ -101,10 +100,11 @@ async def test_cluster_wide_user_limit_holds_under_50_concurrent_connects(cluste
     assert view["user_connections"] == 5
 
     await accepted[0].close()
-    for _ in range(100):
-        if (await cluster_view(s2.http_url, user="greedy"))["user_connections"] == 4:
-            break
-        await asyncio.sleep(0.05)
+
+    async def slot_freed() -> bool:
+        return bool((await cluster_view(s2.http_url, user="greedy"))["user_connections"] == 4)
+
+    await eventually(slot_freed, what="the freed slot", interval=0.05)
     replacement = await Client.open(s2.ws_url, "greedy")
     assert replacement.channel_name
 
@@ -147,17 +147,14 @@ async def test_killed_server_state_is_reclaimed_within_the_expiry(
     with pytest.raises(ConnectionClosed):
         await Client.open(survivor.ws_url, "dave")
 
+    async def reclaimed() -> bool:
+        view = await cluster_view(survivor.http_url, user="dave")
+        return bool(view["user_connections"] == 0 and view["group_size"] == 1 and view["connections"] == 1)
+
     doomed.kill()
     killed_at = time.monotonic()
-    reclaimed_after = None
-    while time.monotonic() - killed_at < expiry + 5:
-        view = await cluster_view(survivor.http_url, user="dave")
-        if view["user_connections"] == 0 and view["group_size"] == 1 and view["connections"] == 1:
-            reclaimed_after = time.monotonic() - killed_at
-            break
-        await asyncio.sleep(0.1)
-    assert reclaimed_after is not None, "the killed server's state was not reclaimed in time"
-    record_property("reclaimed_after_s", round(reclaimed_after, 2))
+    await eventually(reclaimed, timeout=expiry + 5, what="the killed server's state", interval=0.1)
+    record_property("reclaimed_after_s", round(time.monotonic() - killed_at, 2))
     back = [await Client.open(survivor.ws_url, "dave") for _ in range(2)]
     assert len(back) == 2
     await witness.send(op="group", group="g", data="still here")

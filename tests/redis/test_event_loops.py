@@ -12,6 +12,7 @@ from fastapi_channels import ConnectionManager, WSConfig
 from fastapi_channels.testing import serve
 from tests.app import create_app
 from tests.support.client import Client, close_all_clients
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisProcess
 
 
@@ -67,10 +68,7 @@ async def test_a_background_loop_that_dies_is_logged_and_restarted(caplog: pytes
     with caplog.at_level(logging.ERROR, logger="fastapi_channels.manager"):
         await manager.start_tasks()
         try:
-            for _ in range(100):
-                if runs >= 2:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: runs >= 2, what="the stats loop's restart")
         finally:
             await manager.stop_tasks()
     assert runs == 2

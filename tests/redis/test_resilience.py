@@ -17,6 +17,7 @@ from fastapi_channels.exceptions import BackendError
 from fastapi_channels.testing import free_port
 from tests.redis.conftest import ClusterFactory
 from tests.support.client import Client
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisProcess
 
 
@@ -102,12 +103,12 @@ async def test_redis_restart_mid_run_recovers_state_and_traffic(
 
     # State written again: both servers' connections and memberships are back in Redis.
     async with httpx.AsyncClient() as http:
-        for _ in range(100):
+
+        async def rewritten() -> bool:
             view = (await http.get(f"{s1.http_url}/cluster", params={"group": "room"})).json()
-            if view["connections"] == 4 and view["group_size"] == 4:
-                break
-            await asyncio.sleep(0.1)
-    assert view["connections"] == 4 and view["group_size"] == 4
+            return bool(view["connections"] == 4 and view["group_size"] == 4)
+
+        await eventually(rewritten, timeout=10, what="the state written again", interval=0.1)
     for server in (s1, s2):
         assert server.alive
         assert (await stats(server.http_url))["backend_outages"] >= 1
@@ -146,15 +147,8 @@ async def test_a_deaf_subscription_is_detected_by_the_probe_and_rebuilt(
         # Make the subscription silently deaf: unsubscribe behind the backend's back.
         assert backend.reader is not None and backend.reader._pubsub is not None
         await backend.reader._pubsub.unsubscribe()
-        for _ in range(100):
-            if backend.deaf_repairs:
-                break
-            await asyncio.sleep(0.05)
-        assert backend.deaf_repairs >= 1
-        for _ in range(100):
-            if "recovered" in events:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: backend.deaf_repairs >= 1, what="the probe to notice", interval=0.05)
+        await eventually(lambda: "recovered" in events, what="the recovery", interval=0.05)
         assert events[:2] == ["lost", "recovered"]
         for _ in range(100):
             await backend.publish("group:x", b"tback")

@@ -5,8 +5,10 @@ state, as servers sharing one broker do: the memory backend (several backends on
 and the Redis backend (several backends on the session's redis-server, one key prefix).
 
 Tests only use what every backend promises: channel names made by `new_channel_name` for the
-node that owns them, delivery checked after `cluster.settle()` (asynchronous brokers deliver
-after `publish` returns), and state read back through the backend's own methods.
+node that owns them, state read back through the backend's own methods, and delivery checked
+with a marker (`flush`), never by waiting a while: asynchronous brokers deliver after
+`publish` returns, and a fixed sleep can neither prove that nothing arrived nor be long
+enough on a loaded machine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 
 from fastapi_channels.backends import Admission, BaseBackend, MemoryBackend, MemoryHub
 from fastapi_channels.routing import group_topic, new_channel_name, user_topic
+from tests.support.eventually import eventually
 
 
 class Node:
@@ -55,9 +58,8 @@ class Node:
 class Cluster:
     """Backends made by `make_backend` share one cluster state."""
 
-    def __init__(self, make_backend: Callable[[], BaseBackend], settle_delay: float = 0.0) -> None:
+    def __init__(self, make_backend: Callable[[], BaseBackend]) -> None:
         self.make_backend = make_backend
-        self.settle_delay = settle_delay
         self.nodes: list[Node] = []
         self.tag = uuid.uuid4().hex[:6]
 
@@ -66,10 +68,6 @@ class Cluster:
         self.nodes.append(node)
         await node.start()
         return node
-
-    async def settle(self) -> None:
-        """Let published envelopes reach their subscribers."""
-        await asyncio.sleep(self.settle_delay)
 
     async def close(self) -> None:
         for node in self.nodes:
@@ -87,13 +85,15 @@ async def memory_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluste
 
 
 ClusterFactory = Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Cluster]]
+
+
 @asynccontextmanager
 async def redis_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     from fastapi_channels.backends.redis import RedisBackend
 
     server = request.getfixturevalue("redis_server")  # a redis-server of the session's own
     prefix = request.getfixturevalue("redis_prefix")
-    cluster = Cluster(lambda: RedisBackend(server.url, prefix=prefix), settle_delay=0.2)
+    cluster = Cluster(lambda: RedisBackend(server.url, prefix=prefix))
     try:
         yield cluster
     finally:
@@ -111,6 +111,28 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
 
 BIG = 10_000
 ROOM = group_topic("room")
+MARKERS = group_topic("markers")  # a topic a node listens on for markers only
+
+
+async def flush(publisher: Node, topic: str, *receivers: Node) -> None:
+    """Publish a marker on `topic` from `publisher`, wait until every receiver (each listening
+    on `topic`) has it, and drop it from their `received`.
+
+    A server receives one publisher's envelopes in the order they were published (the memory
+    backend hands them over inside `publish`; Redis runs one publisher's PUBLISHes in order
+    and pushes them down each server's one pub/sub connection in that order). So once the
+    marker is in, whatever `publisher` published earlier has arrived, or never will:
+    `received` is final up to the marker, and `== []` proves that nothing came. For a node
+    that must not listen on the topic in question, the marker goes on a topic it does listen
+    on (MARKERS): it travels the same connection.
+    """
+    marker = b"tmarker-" + uuid.uuid4().hex.encode()
+    await publisher.backend.publish(topic, marker)
+    await eventually(
+        lambda: all((topic, marker) in node.received for node in receivers), what=f"the marker on {topic}"
+    )
+    for node in receivers:
+        node.received.remove((topic, marker))
 
 
 # --- topics -------------------------------------------------------------------------------------
@@ -119,8 +141,8 @@ async def test_publish_reaches_subscribers_only(cluster: Cluster) -> None:
     await a.backend.subscribe(ROOM)
     await b.backend.subscribe(ROOM)
     await c.backend.subscribe(group_topic("other"))
-    await c.backend.publish(ROOM, b"tpayload")
-    await cluster.settle()
+    assert (await c.backend.publish(ROOM, b"tpayload")).reached == 2  # a and b: not c
+    await flush(c, ROOM, a, b)
     assert a.received == [(ROOM, b"tpayload")]
     assert b.received == [(ROOM, b"tpayload")]
     assert c.received == []
@@ -128,8 +150,7 @@ async def test_publish_reaches_subscribers_only(cluster: Cluster) -> None:
 
 async def test_publish_without_subscribers_is_harmless(cluster: Cluster) -> None:
     a = await cluster.node()
-    await a.backend.publish(group_topic("nobody"), b"tx")
-    await cluster.settle()
+    assert (await a.backend.publish(group_topic("nobody"), b"tx")).reached == 0
     assert a.received == []
 
 
@@ -137,7 +158,7 @@ async def test_publisher_receives_its_own_topic_when_subscribed(cluster: Cluster
     a = await cluster.node()
     await a.backend.subscribe(ROOM)
     await a.backend.publish(ROOM, b"tself")
-    await cluster.settle()
+    await flush(a, ROOM, a)
     assert a.received == [(ROOM, b"tself")]
 
 
@@ -145,40 +166,44 @@ async def test_subscribe_is_idempotent(cluster: Cluster) -> None:
     a, b = await cluster.node(), await cluster.node()
     await a.backend.subscribe(ROOM)
     await a.backend.subscribe(ROOM)
-    await b.backend.publish(ROOM, b"tonce")
-    await cluster.settle()
+    assert (await b.backend.publish(ROOM, b"tonce")).reached == 1
+    await flush(b, ROOM, a)
     assert a.payloads(ROOM) == [b"tonce"]
 
 
 async def test_unsubscribe_stops_delivery(cluster: Cluster) -> None:
     a, b = await cluster.node(), await cluster.node()
     await a.backend.subscribe(ROOM)
+    await a.backend.subscribe(MARKERS)
     await b.backend.publish(ROOM, b"t1")
-    await cluster.settle()
+    await flush(b, ROOM, a)
     await a.backend.unsubscribe(ROOM)
     await b.backend.publish(ROOM, b"t2")
-    await cluster.settle()
+    await flush(b, MARKERS, a)
     assert a.payloads(ROOM) == [b"t1"]
 
 
 async def test_unsubscribe_is_idempotent_and_accepts_unknown_topics(cluster: Cluster) -> None:
     a = await cluster.node()
+    await a.backend.subscribe(MARKERS)
     await a.backend.unsubscribe(group_topic("never"))
     await a.backend.subscribe(ROOM)
     await a.backend.unsubscribe(ROOM)
     await a.backend.unsubscribe(ROOM)
     await a.backend.publish(ROOM, b"tx")
-    await cluster.settle()
+    await flush(a, MARKERS, a)
     assert a.received == []
 
 
 async def test_unsubscribe_is_per_server(cluster: Cluster) -> None:
     a, b = await cluster.node(), await cluster.node()
     await a.backend.subscribe(ROOM)
+    await a.backend.subscribe(MARKERS)
     await b.backend.subscribe(ROOM)
     await a.backend.unsubscribe(ROOM)
     await a.backend.publish(ROOM, b"tx")
-    await cluster.settle()
+    await flush(a, ROOM, b)
+    await flush(a, MARKERS, a)
     assert a.received == []
     assert b.payloads(ROOM) == [b"tx"]
 
@@ -189,7 +214,7 @@ async def test_resubscribe_after_unsubscribe(cluster: Cluster) -> None:
     await a.backend.unsubscribe(ROOM)
     await a.backend.subscribe(ROOM)
     await b.backend.publish(ROOM, b"tback")
-    await cluster.settle()
+    await flush(b, ROOM, a)
     assert a.payloads(ROOM) == [b"tback"]
 
 
@@ -200,7 +225,7 @@ async def test_payload_bytes_and_order_are_preserved(cluster: Cluster) -> None:
     payloads += [f"t{i}".encode() for i in range(100)]
     for payload in payloads:
         await b.backend.publish(ROOM, payload)
-    await cluster.settle()
+    await flush(b, ROOM, a)
     assert a.payloads(ROOM) == payloads
 
 
@@ -208,9 +233,10 @@ async def test_topics_are_independent(cluster: Cluster) -> None:
     a, b = await cluster.node(), await cluster.node()
     await a.backend.subscribe(group_topic("x"))
     await b.backend.subscribe(group_topic("y"))
-    await a.backend.publish(group_topic("y"), b"tfor-y")
-    await b.backend.publish(group_topic("x"), b"tfor-x")
-    await cluster.settle()
+    assert (await a.backend.publish(group_topic("y"), b"tfor-y")).reached == 1  # b only
+    assert (await b.backend.publish(group_topic("x"), b"tfor-x")).reached == 1  # a only
+    await flush(b, group_topic("x"), a)
+    await flush(a, group_topic("y"), b)
     assert a.received == [(group_topic("x"), b"tfor-x")]
     assert b.received == [(group_topic("y"), b"tfor-y")]
 
@@ -456,9 +482,11 @@ async def test_publish_to_user_returns_the_users_connection_count(cluster: Clust
     await a.backend.add_connection(a.channel(), "alice", max_per_user=BIG, max_total=BIG)
     await b.backend.add_connection(b.channel(), "alice", max_per_user=BIG, max_total=BIG)
     await b.backend.add_connection(b.channel(), "bob", max_per_user=BIG, max_total=BIG)
-    assert (await b.backend.publish_to_user(topic, "alice", b"thi")).connections == 2
-    assert (await a.backend.publish_to_user(user_topic("carol"), "carol", b"tnobody")).connections == 0
-    await cluster.settle()
+    to_alice = await b.backend.publish_to_user(topic, "alice", b"thi")
+    assert (to_alice.connections, to_alice.reached) == (2, 1)  # only a listens on her topic
+    to_carol = await a.backend.publish_to_user(user_topic("carol"), "carol", b"tnobody")
+    assert (to_carol.connections, to_carol.reached) == (0, 0)
+    await flush(b, topic, a)
     assert a.received == [(topic, b"thi")]
     assert b.received == []
 
@@ -492,8 +520,12 @@ async def test_stop_releases_this_servers_state(cluster: Cluster) -> None:
     assert await b.backend.group_members("room") == {theirs}
     assert await b.backend.group_size("solo") == 0
     assert await b.backend.count_groups() == 1
-    await b.backend.publish(ROOM, b"tafter-stop")
-    await cluster.settle()
+
+    async def reaches_no_server() -> bool:
+        return (await b.backend.publish(ROOM, b"tafter-stop")).reached == 0
+
+    # a let go of its subscription (on Redis, once the broker has seen its connection close).
+    await eventually(reaches_no_server, what="a's subscription to end")
     assert a.received == []
 
 
@@ -505,8 +537,8 @@ async def test_backend_can_be_started_again_after_stop(cluster: Cluster) -> None
     await b.backend.publish(ROOM, b"tlost")  # subscriptions do not survive stop()
     await a.backend.subscribe(ROOM)
     await b.backend.publish(ROOM, b"tagain")
-    await cluster.settle()
-    assert a.payloads(ROOM) == [b"tagain"]
+    await flush(b, ROOM, a)
+    assert a.payloads(ROOM) == [b"tagain"]  # tlost, had it come, would have come first
 
 
 # --- names: any text a person types, kept apart from every other name --------------------------
@@ -545,7 +577,8 @@ async def test_lookalike_names_keep_their_own_members_counts_and_topics(cluster:
         await b.backend.subscribe(group_topic(group))
     await a.backend.publish(group_topic("a|b"), b"tbar")
     await a.backend.publish(group_topic("a%20b"), b"tescaped")
-    await cluster.settle()
+    for group in ("a|b", "a", "a b", "a%20b"):
+        await flush(a, group_topic(group), b)
     assert b.payloads(group_topic("a|b")) == [b"tbar"]
     assert b.payloads(group_topic("a%20b")) == [b"tescaped"]
     assert b.payloads(group_topic("a")) == [] and b.payloads(group_topic("a b")) == []

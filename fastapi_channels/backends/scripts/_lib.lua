@@ -5,6 +5,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Take one from a server's count in a hash; the field goes when nothing is left.
+local function decrement(key, server)
+  if redis.call('HINCRBY', key, server, -1) <= 0 then
+    redis.call('HDEL', key, server)
+  end
+end
+
 local function is_alive(prefix, server)
   return redis.call('EXISTS', prefix .. 'alive:' .. server) == 1
 end
@@ -21,7 +28,11 @@ local function epoch(key, known, fresh, window, now)
     now = now or now_ms()
     id, born = fresh, now
     redis.call('HSET', key, 'id', id, 'born', born)
-    if known ~= '' then
+    -- Lost, unless nothing can have been: the caller knew no epoch and Redis has been up
+    -- longer than the window (a restart that emptied it would be younger). A FLUSHALL on a
+    -- long-running Redis is noticed by the first server that knew the old epoch.
+    local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+    if known ~= '' or uptime * 1000 < window then
       lost = '1'
       redis.call('HSET', key, 'lost', lost)
     end
@@ -48,5 +59,36 @@ local function live_counts(prefix, key)
     end
   end
   return servers, total
+end
+
+-- After a PUBLISH that reached `reached` servers: how many were owed it, and how many
+-- connections they hold. `kind` says how to read `key`: 'counts' (a hash server -> count:
+-- a group's members or a user's connections), 'servers' (the servers zset: every live
+-- server) or 'owner' (an inbox: its owner's liveness key). O(servers).
+local function audience(kind, key, reached, exact, prefix)
+  local expected, total = 0, 0
+  if kind == 'counts' then
+    if exact then
+      expected, total = live_counts(prefix, key)
+    else
+      expected = redis.call('HLEN', key)
+      if reached < expected then
+        -- Servers that died but are not reaped yet are not owed anything.
+        expected, total = live_counts(prefix, key)
+      end
+    end
+  elseif kind == 'servers' then
+    -- Every live server listens to broadcast from its start, with connections or not: all
+    -- are owed it, so an idle one can never stand in for one that missed it.
+    for _, server in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      if is_alive(prefix, server) then
+        expected = expected + 1
+        total = total + redis.call('HLEN', prefix .. 'srv:' .. server .. ':conns')
+      end
+    end
+  else
+    expected = redis.call('EXISTS', key)
+  end
+  return expected, total
 end
 

@@ -25,10 +25,7 @@ if previous then
   -- Left by an earlier process with this server id: its slot is not this connection's.
   redis.call('HDEL', KEYS[3], channel)
   if previous ~= '' then
-    local user_key = prefix .. 'users:' .. previous
-    if redis.call('HINCRBY', user_key, server, -1) <= 0 then
-      redis.call('HDEL', user_key, server)
-    end
+    decrement(prefix .. 'users:' .. previous, server)
   end
 end
 

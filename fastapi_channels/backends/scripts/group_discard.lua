@@ -4,9 +4,7 @@
 -- ARGV[1] group as a key part (escaped), ARGV[2] channel, ARGV[3] membership entry,
 -- ARGV[4] server id
 if redis.call('SREM', KEYS[1], ARGV[2]) == 1 then
-  if redis.call('HINCRBY', KEYS[4], ARGV[4], -1) <= 0 then
-    redis.call('HDEL', KEYS[4], ARGV[4])
-  end
+  decrement(KEYS[4], ARGV[4])
 end
 redis.call('SREM', KEYS[3], ARGV[3])
 if redis.call('SCARD', KEYS[1]) == 0 then

@@ -10,30 +10,7 @@ local prefix = ARGV[4]
 local id, trusted = epoch(KEYS[1], ARGV[5], ARGV[6], tonumber(ARGV[7]), nil)
 local reached = redis.call('PUBLISH', ARGV[1], ARGV[2])
 local kind = ARGV[3]
-local expected, total = 0, 0
-if kind == 'counts' then
-  if ARGV[8] == '1' then
-    expected, total = live_counts(prefix, KEYS[2])
-  else
-    expected = redis.call('HLEN', KEYS[2])
-    if reached < expected then
-      -- Servers that died but are not reaped yet are not owed anything.
-      expected, total = live_counts(prefix, KEYS[2])
-    end
-  end
-elseif kind == 'servers' then
-  for _, server in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    if is_alive(prefix, server) then
-      local held = redis.call('HLEN', prefix .. 'srv:' .. server .. ':conns')
-      if held > 0 then
-        expected = expected + 1
-        total = total + held
-      end
-    end
-  end
-else
-  expected = redis.call('EXISTS', KEYS[2])
-end
+local expected, total = audience(kind, KEYS[2], reached, ARGV[8] == '1', prefix)
 if not trusted and not (kind == 'owner' and reached > 0) then
   expected = -1
 end

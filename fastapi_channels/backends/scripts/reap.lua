@@ -13,7 +13,8 @@ for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) 
     for i = 1, #fields, 2 do
       local channel, user = fields[i], fields[i + 1]
       if user ~= '' then
-        redis.call('HDEL', prefix .. 'users:' .. user, server)
+        -- One slot per reaped entry: a server back in the middle of a reap keeps the rest.
+        decrement(prefix .. 'users:' .. user, server)
       end
       redis.call('HDEL', conns_key, channel)
       done = done + 1
@@ -25,8 +26,9 @@ for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) 
       if group then
         local group_key = prefix .. 'group:' .. group
         local counts_key = prefix .. 'gsrv:' .. group
-        redis.call('SREM', group_key, channel)
-        redis.call('HDEL', counts_key, server)
+        if redis.call('SREM', group_key, channel) == 1 then
+          decrement(counts_key, server)
+        end
         if redis.call('SCARD', group_key) == 0 then
           redis.call('DEL', group_key, counts_key)
           redis.call('ZREM', KEYS[2], group)

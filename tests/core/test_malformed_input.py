@@ -7,46 +7,46 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.integration.conftest import (
-    ALL_WS,
-    WS_IDS,
-    Client,
-    LogCapture,
-    SilentSocket,
-    StartServer,
-    eventually,
-    has_local_connections,
-)
+from tests.support.client import Client
+from tests.support.eventually import eventually
+from tests.support.raw_socket import RawSocket
+from tests.support.serving import LogCapture, StartServer, has_local_connections
 
 MAX_SIZE = 1024 * 1024  # uvicorn's --ws-max-size for these tests (its default is 16 MiB)
+UVICORN_DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 
 Send = Callable[[Client], Awaitable[None]]
 
 
 async def invalid_json(client: Client) -> None:
-    await client.ws.send("{this is not json")
+    await client.send_raw("{this is not json")
 
 
 async def json_that_is_not_an_object(client: Client) -> None:
-    await client.ws.send("[1, 2, 3]")
+    await client.send_raw("[1, 2, 3]")
 
 
-async def binary_where_text_is_expected(client: Client) -> None:
-    await client.ws.send(b'{"op": "echo", "data": 1}')
+async def binary_json_where_text_is_expected(client: Client) -> None:
+    await client.send_raw(b'{"op": "echo", "data": 1}')
+
+
+async def binary_garbage_where_text_is_expected(client: Client) -> None:
+    await client.send_raw(b"\xff\xfe binary")
 
 
 async def command_missing_a_field(client: Client) -> None:
-    await client.ws.send('{"op": "join"}')
-
-
-@pytest.fixture(params=ALL_WS, ids=[WS_IDS[ws] for ws in ALL_WS])
-def ws(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    await client.send_raw('{"op": "join"}')
 
 
 @pytest.mark.parametrize(
     "bad_input",
-    [invalid_json, json_that_is_not_an_object, binary_where_text_is_expected, command_missing_a_field],
+    [
+        invalid_json,
+        json_that_is_not_an_object,
+        binary_json_where_text_is_expected,
+        binary_garbage_where_text_is_expected,
+        command_missing_a_field,
+    ],
     ids=lambda f: f.__name__,
 )
 async def test_a_bad_frame_ends_only_its_own_connection(
@@ -55,9 +55,9 @@ async def test_a_bad_frame_ends_only_its_own_connection(
     async with start_server(ws=ws) as (server, manager):
         healthy, bystander = await Client.open(server, "healthy"), await Client.open(server, "bystander")
         for client in (healthy, bystander):
-            await client.join("room")
+            await client.call("joined", op="join", group="room")
         victim = await Client.open(server, "victim")
-        await victim.join("room")
+        await victim.call("joined", op="join", group="room")
 
         await bad_input(victim)
 
@@ -79,11 +79,11 @@ async def test_a_frame_above_the_servers_max_size_is_refused_with_1009(
 ) -> None:
     async with start_server(ws=ws, uvicorn={"ws_max_size": MAX_SIZE}) as (server, manager):
         healthy = await Client.open(server, "healthy")
-        await healthy.join("room")
+        await healthy.call("joined", op="join", group="room")
         victim = await Client.open(server, "victim")
-        await victim.join("room")
+        await victim.call("joined", op="join", group="room")
 
-        await victim.ws.send("x" * (MAX_SIZE + 1))
+        await victim.send_raw("x" * (MAX_SIZE + 1))
 
         code, _ = await victim.wait_closed()
         assert code == 1009
@@ -96,18 +96,32 @@ async def test_a_frame_above_the_servers_max_size_is_refused_with_1009(
         assert len(manager.registry) == 1
 
 
+async def test_without_a_configured_max_size_uvicorns_default_refuses_with_1009(
+    start_server: StartServer, ws: str
+) -> None:
+    async with start_server(ws=ws) as (server, manager):
+        healthy = await Client.open(server, "healthy")
+        big = await Client.open(server, "big", max_size=None)
+
+        await big.send_raw("x" * (UVICORN_DEFAULT_MAX_SIZE + 1024 * 1024))
+
+        assert (await big.wait_closed(timeout=10))[0] == 1009
+        assert await healthy.echo_marker("still here") == {"type": "echo", "data": "still here"}
+        await eventually(lambda: len(manager.registry) == 1, what="cleanup")
+
+
 async def test_invalid_utf8_in_a_text_frame_is_refused_with_1007(start_server: StartServer, ws: str) -> None:
     async with start_server(ws=ws) as (server, manager):
         healthy = await Client.open(server, "healthy")
-        raw = await SilentSocket.open(server, "raw")  # a hand-made client can send what others cannot
+        raw = await RawSocket.open(server.port, "/ws/raw")  # a hand-made client sends what others cannot
         try:
             await eventually(lambda: has_local_connections(manager, "raw", 1), what="the raw client")
             await raw.send_frame(b'{"op": "echo", "data": "\xff\xfe"}')
 
-            assert await raw.read_close_code() == 1007
-            raw.close()  # as a real client does once the closing handshake is over
+            assert await raw.close_code() == 1007
+            await raw.close()  # as a real client does once the closing handshake is over
             await eventually(lambda: has_local_connections(manager, "raw", 0), what="cleanup")
             assert await healthy.echo_marker("ok") == {"type": "echo", "data": "ok"}
             assert len(manager.registry) == 1
         finally:
-            raw.close()
+            await raw.close()

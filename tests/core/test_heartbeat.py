@@ -6,9 +6,10 @@ protocol-level pings, and that must not count."""
 from __future__ import annotations
 
 import asyncio
-import json
 
-from tests.integration.conftest import Client, StartServer, eventually
+from tests.support.client import Client
+from tests.support.eventually import eventually
+from tests.support.serving import StartServer
 
 HEARTBEAT = {"WS_HEARTBEAT_INTERVAL": 0.2, "WS_HEARTBEAT_TIMEOUT": 0.6}
 
@@ -16,7 +17,7 @@ HEARTBEAT = {"WS_HEARTBEAT_INTERVAL": 0.2, "WS_HEARTBEAT_TIMEOUT": 0.6}
 async def answer_pings(client: Client, answered: list[float]) -> None:
     """A well-behaved client: every {"type": "ping"} gets a {"type": "pong"}."""
     while True:
-        frame = json.loads(await client.ws.recv())
+        frame = await client.next(timeout=30, skip_pings=False)
         if frame.get("type") == "ping":
             answered.append(frame["timestamp"])
             await client.send(type="pong")
