@@ -5,6 +5,11 @@ A room `<name>` is the library group `room.<name>`. Messages and rooms are store
 the room's group members (cluster-wide, cleaned up by the library when a server dies)
 matched with the presence rows each connection writes when it joins.
 
+Rooms are history groups (`manager.enable_history("room.*")`, in `example.main`): chat and
+file messages are numbered (`offset`, `epoch`) and kept, so a client that reconnects joins
+with `since` and gets exactly what it missed; presence and typing frames are ephemeral
+(`history=False`).
+
 Abuse bounds: an admin-only room (`RoomAccess`) is refused before anything about it is
 read or created; rooms are created within the database's room limits (joining a missing
 room creates it, as the spec's example does); typing events go through a
@@ -32,6 +37,7 @@ from example.protocol import (
     FileMessageFrame,
     GetMessageHistoryData,
     HistoryMessage,
+    JoinRoomData,
     MessageHistoryFrame,
     PrivateMessageData,
     PrivateMessageFrame,
@@ -76,7 +82,8 @@ def typing_sender(manager: ConnectionManager) -> TypingSend:
     async def send(room: str, user_id: str, typing: bool, exclude: str) -> None:
         model = UserTypingStartFrame if typing else UserTypingStopFrame
         message = frame(model(room=room, user_id=user_id, username=user_id))
-        await manager.send_group_except(room_group(room), message, exclude)
+        # Ephemeral: not kept in the room's history, not numbered, not replayed.
+        await manager.send_group_except(room_group(room), message, exclude, history=False)
 
     return send
 
@@ -232,9 +239,8 @@ class ChatConsumer(BaseConsumer):
             for room in rooms:
                 # Still a member of the group here (the library leaves groups after this hook).
                 if not await self._user_present(room):
-                    await self.send_to_group_except_sender(
-                        room_group(room),
-                        frame(UserLeftFrame(room=room, user_id=self.uid, username=self.username)),
+                    await self._presence(
+                        room, frame(UserLeftFrame(room=room, user_id=self.uid, username=self.username))
                     )
         except DatabaseClosedError:
             pass  # shutting down: the server's presence rows are cleared in the lifespan
@@ -242,31 +248,49 @@ class ChatConsumer(BaseConsumer):
     # --- rooms ---------------------------------------------------------------------------------
     async def on_join_room(self, message: Message) -> None:
         """Join a room, creating it when it does not exist (as the spec's example does)."""
-        data: RoomData = message.data
+        data: JoinRoomData = message.data
         self._require_access(data.room, message.type, "JOIN_FORBIDDEN")
         info = await self.database.get_room(data.room)
         if info is None:
             # None again: someone created it meanwhile, and it is joined like any room.
             info = await self._create_room(data.room, "") or await self._existing_room(data.room)
-        await self._join(data.room, info)
+        since = (data.since.epoch, data.since.offset) if data.since is not None else None
+        await self._join(data.room, info, since)
 
-    async def _join(self, room: str, info: dict[str, Any]) -> None:
+    async def _presence(self, room: str, message: dict[str, Any]) -> None:
+        """Presence frames go to the room minus this connection, ephemeral (not in its history)."""
+        await self.manager.send_group_except(room_group(room), message, self.channel_name, history=False)
+
+    async def _join(self, room: str, info: dict[str, Any], since: tuple[str, int] | None = None) -> None:
         group = room_group(room)
         newly_present = group not in self.connection.groups and not await self._user_present(room)
-        await self.join_group(group)
+        # The room is a history group: with `since`, the messages missed after it are sent
+        # here, before anything below, then live ones (none twice, none missing).
+        joined = await self.join_group(group, since=since)
         await self.database.add_presence(self.channel_name, room, self.uid, self.manager.server_id)
-        await self.send_frame(RoomJoinedFrame(room=room, user_id=self.uid, username=self.username))
-        await self.send_frame(RoomInfoFrame(**info, member_count=await self.manager.group_size(group)))
-        history = (
-            await self.database.recent_messages(room, self.history_on_join) if self.history_on_join else []
-        )
         await self.send_frame(
-            MessageHistoryFrame(room=room, messages=[HistoryMessage(**row) for row in history])
+            RoomJoinedFrame(
+                room=room,
+                user_id=self.uid,
+                username=self.username,
+                recovered=joined.recovered,
+                replayed=joined.replayed,
+                epoch=joined.epoch,
+                offset=joined.offset or 0,
+            )
         )
+        await self.send_frame(RoomInfoFrame(**info, member_count=await self.manager.group_size(group)))
+        if since is None:
+            # A client that sent `since` has the earlier messages, or reloads them itself.
+            limit = self.history_on_join
+            history = await self.database.recent_messages(room, limit) if limit else []
+            await self.send_frame(
+                MessageHistoryFrame(room=room, messages=[HistoryMessage(**row) for row in history])
+            )
         await self.send_frame(RoomUsersFrame(room=room, users=await self.room_users(room)))
         if newly_present:
-            await self.send_to_group_except_sender(
-                group, frame(UserJoinedRoomFrame(room=room, user_id=self.uid, username=self.username))
+            await self._presence(
+                room, frame(UserJoinedRoomFrame(room=room, user_id=self.uid, username=self.username))
             )
 
     async def on_leave_room(self, message: Message) -> None:
@@ -277,8 +301,10 @@ class ChatConsumer(BaseConsumer):
         await self.database.remove_presence(self.channel_name, data.room)
         await self.send_frame(RoomLeftFrame(room=data.room, user_id=self.uid, username=self.username))
         if not await self._user_present(data.room):
-            await self.send_to_group(
-                group, frame(UserLeftRoomFrame(room=data.room, user_id=self.uid, username=self.username))
+            await self.manager.send_to_group(
+                group,
+                frame(UserLeftRoomFrame(room=data.room, user_id=self.uid, username=self.username)),
+                history=False,
             )
 
     async def on_create_room(self, message: Message) -> None:

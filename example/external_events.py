@@ -57,7 +57,10 @@ async def send_group_message_from_background_task(
 ) -> None:
     """Send a group message from a background task (e.g. a Celery task) — the spec's example."""
     manager = manager or get_manager()
-    await manager.send_to_group(group_name, frame(BackgroundUpdateFrame(group=group_name, data=data)))
+    # Ephemeral: a status update, not a room message (not kept in a room's history).
+    await manager.send_to_group(
+        group_name, frame(BackgroundUpdateFrame(group=group_name, data=data)), history=False
+    )
 
 
 class ScheduleFullError(Exception):

@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import HTTPConnection
 
-from example.access import Caller, CallerDep, RestAuth, RoomAccess
+from example.access import ROOM_GROUP_PREFIX, Caller, CallerDep, RestAuth, RoomAccess
 from example.consumers import ChatConsumer as BaseChatConsumer
 from example.consumers import room_group, typing_sender
 from example.database import ChatDatabase
@@ -107,6 +107,10 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
 
     # Unified connection manager (MemoryBackend or RedisBackend, from BACKEND_TYPE)
     manager = ConnectionManager(ws_config=ws_config, authorize_join=authorize_join)
+    # Rooms are history groups: their chat and file messages carry `offset` and `epoch`, and a
+    # client that reconnects re-joins with `since` to get exactly what it missed (WS_HISTORY_*
+    # bound how many and for how long). Presence, typing and background updates are ephemeral.
+    manager.enable_history(ROOM_GROUP_PREFIX + "*")
 
     # Optional authentication at the handshake: with CHAT_ACCESS_TOKENS set, the socket of
     # /ws/{user_id} needs that user's token, else it is refused before anything registers.

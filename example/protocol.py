@@ -25,6 +25,7 @@ __all__ = [
     "USER_PATTERN",
     "ClientData",
     "HistoryMessage",
+    "RoomPosition",
     "RoomSummary",
     "RoomUser",
     "ServerFrame",
@@ -127,12 +128,34 @@ class RoomData(ClientData):
     room: RoomName
 
 
+class RoomPosition(ClientData):
+    """A client's last position in a room: the `epoch` and `offset` of the last room message
+    (`chat_message`, `file_message`) it received, or of `room_joined`."""
+
+    epoch: str = Field(min_length=1, max_length=64, description="the room's epoch")
+    offset: int = Field(ge=0, description="the offset of the last message received")
+
+
 class JoinRoomData(RoomData):
     """Join a room. You get `room_joined`, `room_info`, `message_history` and `room_users`;
     the other members get `user_joined_room`. A room that does not exist is created first
     (as `create_room` with no description: everyone gets `room_created`), within the room
     limits (`ROOM_LIMIT_REACHED`, `USER_ROOM_LIMIT_REACHED`). Admin-only rooms (`admin-*`):
-    `JOIN_FORBIDDEN` for anyone not in `CHAT_ADMINS`."""
+    `JOIN_FORBIDDEN` for anyone not in `CHAT_ADMINS`.
+
+    After a reconnect, send `since` (your last position in the room): the room messages you
+    missed are sent first, in order, each once, then live ones, and `room_joined` says
+    `recovered: true` and how many were `replayed`; `message_history` is not sent. When the
+    room's history no longer holds them (`recovered: false`, e.g. another `epoch`), nothing
+    is replayed: reload the room's messages (`GET /api/rooms/{room}/messages` or
+    `get_message_history`). Already in the room: nothing is replayed."""
+
+    model_config = _examples(
+        {"room": "general"}, {"room": "general", "since": {"epoch": "9f2c4e1a", "offset": 17}}
+    )
+    since: RoomPosition | None = Field(
+        default=None, description="your last position in the room, to get what you missed"
+    )
 
 
 class LeaveRoomData(RoomData):
@@ -331,8 +354,20 @@ class WelcomeFrame(ServerFrame):
     max_text_length: int
 
 
-class ChatMessageFrame(ServerFrame):
-    """A room message, to every member of the room (the sender included)."""
+class _RoomMessageFrame(ServerFrame):
+    """A message kept in the room's history: delivered with its `offset` and `epoch`."""
+
+    offset: int | None = Field(
+        default=None, description="position in the room: 1 for its first message, +1 for each one"
+    )
+    epoch: str | None = Field(
+        default=None, description="the room history's epoch (changes when its history was lost)"
+    )
+
+
+class ChatMessageFrame(_RoomMessageFrame):
+    """A room message, to every member of the room (the sender included); kept in the room's
+    history, so it carries `offset` and `epoch` (see `join_room`'s `since`)."""
 
     model_config = _examples(
         {
@@ -343,6 +378,8 @@ class ChatMessageFrame(ServerFrame):
             "username": "alice",
             "text": "Hello, everyone!",
             "timestamp": _NOW,
+            "offset": 17,
+            "epoch": "9f2c4e1a",
         }
     )
     type: Literal["chat_message"] = "chat_message"
@@ -366,10 +403,30 @@ def _room_user_example(kind: str) -> ConfigDict:
 
 
 class RoomJoinedFrame(_RoomUserFrame):
-    """To you, when you have joined a room."""
+    """To you, when you have joined a room: whether the messages you missed since `since`
+    were sent (`recovered`, `replayed`, sent before this frame), and the room's position
+    (`epoch`, `offset`) when you joined; later messages follow it."""
 
-    model_config = _room_user_example("room_joined")
+    model_config = _examples(
+        {
+            "type": "room_joined",
+            "room": "general",
+            "user_id": "alice",
+            "username": "alice",
+            "recovered": True,
+            "replayed": 3,
+            "epoch": "9f2c4e1a",
+            "offset": 20,
+            "timestamp": _NOW,
+        }
+    )
     type: Literal["room_joined"] = "room_joined"
+    recovered: bool = Field(
+        default=False, description="true: the messages after `since` were sent, none missing"
+    )
+    replayed: int = Field(default=0, description="how many messages were sent again")
+    epoch: str | None = Field(default=None, description="the room history's epoch")
+    offset: int = Field(default=0, description="offset of the room's last message (0: none yet)")
 
 
 class RoomLeftFrame(_RoomUserFrame):
@@ -529,8 +586,9 @@ class PrivateMessageSentFrame(ServerFrame):
     delivered: int = Field(description="connections of the recipient it was addressed to")
 
 
-class FileMessageFrame(ServerFrame):
-    """A shared file, to every member of the room (the sender included)."""
+class FileMessageFrame(_RoomMessageFrame):
+    """A shared file, to every member of the room (the sender included); kept in the room's
+    history, so it carries `offset` and `epoch`."""
 
     model_config = _examples(
         {
@@ -544,6 +602,8 @@ class FileMessageFrame(ServerFrame):
             "size": 12,
             "data": "aGVsbG8gd29ybGQK",
             "timestamp": _NOW,
+            "offset": 18,
+            "epoch": "9f2c4e1a",
         }
     )
     type: Literal["file_message"] = "file_message"
@@ -674,5 +734,11 @@ SERVER_FRAMES: dict[str, type[ServerFrame]] = {
 
 
 def frame(model: ServerFrame) -> dict[str, Any]:
-    """The dict the manager encodes (once) for a frame model."""
+    """The dict the manager encodes (once) for a frame model.
+
+    A room message's `offset` and `epoch` are the library's to add (a message to a history
+    group that has them is refused): left out while unset.
+    """
+    if isinstance(model, _RoomMessageFrame):
+        return model.model_dump(mode="json", exclude={"offset", "epoch"})
     return model.model_dump(mode="json")

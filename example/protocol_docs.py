@@ -23,6 +23,7 @@ from example.protocol import (
     RATE_LIMIT_EXCLUDED,
     SERVER_FRAMES,
     HistoryMessage,
+    RoomPosition,
     RoomSummary,
     RoomUser,
 )
@@ -161,7 +162,7 @@ def render() -> str:
         out.append("")
 
     out.append("## Objects\n")
-    objects: tuple[type[BaseModel], ...] = (RoomSummary, RoomUser, HistoryMessage)
+    objects: tuple[type[BaseModel], ...] = (RoomSummary, RoomUser, HistoryMessage, RoomPosition)
     for obj in objects:
         out.append(f"### {obj.__name__}\n")
         out.append(_doc(obj) + "\n")

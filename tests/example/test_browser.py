@@ -121,3 +121,56 @@ async def test_two_users_chat_in_the_browser(browser: Any, chat: RunningChat, tm
     await bob.click("#send-btn")
     await expect(alice.locator("#messages .msg").last).to_contain_text("welcome back", timeout=10_000)
     await alice.screenshot(path=str(tmp_path / "chat-alice.png"), full_page=True)
+
+
+async def test_page_reconnects_and_recovers_what_it_missed(browser: Any, chat: RunningChat) -> None:
+    """Rooms are history groups: a page whose socket was dropped reconnects by itself, re-joins
+    with `since` and shows what was sent meanwhile exactly once, in order."""
+    from playwright.async_api import WebSocketRoute, expect
+
+    alice = await open_as(browser, chat, "alice")
+    bob = await open_as(browser, chat, "bob")
+    await expect(alice.locator("#user-list li")).to_have_count(2)
+    await bob.fill("#message-input", "before the drop")
+    await bob.click("#send-btn")
+    chat_lines = "#messages .msg:not(.system)"
+    await expect(alice.locator(chat_lines)).to_have_count(1)
+
+    # Alice's next sockets go through this route: refused while `held`, so that all five
+    # messages are sent while she is away, then passed to the server.
+    held = True
+
+    async def route(ws: WebSocketRoute) -> None:
+        if held:
+            await ws.close(code=1013, reason="held by the test")
+        else:
+            ws.connect_to_server()
+
+    await alice.route_web_socket(re.compile(r"/ws/alice$"), route)
+
+    manager = chat.app.state.manager
+    [old] = await manager.get_user_connections("alice")
+    await manager.disconnect(old.channel_name, 1012)  # the server drops her socket
+    await expect(alice.locator("#status")).to_have_text(re.compile(r"connection lost"), timeout=10_000)
+
+    texts = [f"missed {n}" for n in range(1, 6)]
+    for text in texts:
+        await bob.fill("#message-input", text)
+        await bob.click("#send-btn")
+    await expect(bob.locator(chat_lines).last).to_contain_text("missed 5", timeout=10_000)
+    assert await manager.get_user_connections("alice") == []
+    assert "missed" not in (await alice.locator("#messages").text_content() or "")
+
+    held = False  # the page's backoff (at most 10 s) brings her back by itself
+    await expect(alice.locator("#status")).to_have_text("connected as alice", timeout=30_000)
+    await expect(alice.locator("#room-notice")).to_have_text("recovered 5 messages", timeout=10_000)
+    lines = alice.locator(chat_lines)
+    await expect(lines).to_have_count(6)
+    shown = await lines.evaluate_all("nodes => nodes.map((n) => n.lastChild.textContent)")
+    assert shown == ["before the drop", *texts]
+
+    # and live messages keep coming, still once each
+    await bob.fill("#message-input", "welcome back")
+    await bob.click("#send-btn")
+    await expect(lines).to_have_count(7)
+    assert await lines.last.evaluate("n => n.lastChild.textContent") == "welcome back"

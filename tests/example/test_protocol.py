@@ -353,3 +353,37 @@ async def test_connection_limit_closes_with_1013(chat_factory: ChatFactory) -> N
                 await asyncio.wait_for(second.recv(), 5)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1013 and closed.value.rcvd.reason == "CONNECTION_LIMIT_EXCEEDED"
+
+
+async def test_join_room_with_since_replays_the_missed_room_messages(chat: RunningChat) -> None:
+    alice = await joined(chat, "alice")
+    bob = await joined(chat, "bob")
+    await bob.send("chat_message", room="general", text="seen")
+    seen = await alice.expect("chat_message")
+    assert seen["offset"] >= 1 and seen["epoch"]
+    await alice.close()
+    await bob.send("typing_start", room="general")  # ephemeral: neither numbered nor replayed
+    for n in range(3):
+        await bob.send("chat_message", room="general", text=f"missed {n}")
+        sent = await bob.expect("chat_message")
+        assert "offset" in sent and sent["epoch"] == seen["epoch"]
+
+    again = await ChatClient.open(chat.ws_url, "alice")
+    await again.send("join_room", room="general", since={"epoch": seen["epoch"], "offset": seen["offset"]})
+    frames = await again.sync()
+    replayed = [f for f in frames if f["type"] == "chat_message"]
+    assert [f["text"] for f in replayed] == ["missed 0", "missed 1", "missed 2"]
+    assert [f["offset"] for f in replayed] == [seen["offset"] + n for n in (1, 2, 3)]
+    [room_joined] = [f for f in frames if f["type"] == "room_joined"]
+    assert room_joined["recovered"] is True and room_joined["replayed"] == 3
+    assert room_joined["epoch"] == seen["epoch"] and room_joined["offset"] == seen["offset"] + 3
+    assert frames.index(replayed[-1]) < frames.index(room_joined)
+    assert not [f for f in frames if f["type"] in ("message_history", "user_typing_start")]
+
+    # another epoch: nothing replayed, the client reloads the room itself
+    late = await ChatClient.open(chat.ws_url, "carol")
+    await late.send("join_room", room="general", since={"epoch": "gone", "offset": 1})
+    frames = await late.sync()
+    [room_joined] = [f for f in frames if f["type"] == "room_joined"]
+    assert room_joined["recovered"] is False and room_joined["replayed"] == 0
+    assert not [f for f in frames if f["type"] == "chat_message"]
