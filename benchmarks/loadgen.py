@@ -15,7 +15,9 @@ carries; they are written to `--latency-file` as raw doubles for run.py to merge
 
 `--protocol plain` speaks the protocol of systems.py: `join` / `join <room>` -> `joined`,
 `P<payload>` -> `<payload>` to the group, `R<room> <payload>` -> `<payload>` to the room.
-`--protocol socketio` speaks the same through Engine.IO 4 / Socket.IO 5 text packets over
+`--protocol json` is `plain` with deliveries as JSON objects: the payload is the value of
+`"p"` (what `channels_json` and `channels_history` send, the latter with `offset` and
+`epoch` in front). `--protocol socketio` speaks the same through Engine.IO 4 / Socket.IO 5 text packets over
 the same raw client: open packet `0{...}`, `40` -> `40{"sid":...}`, `42["join"(,room)]`
 -> `42["joined"]`, `42["publish",payload(,room)]` -> `42["message",payload]`, and every
 Engine.IO ping `2` answered with `3`.
@@ -38,6 +40,7 @@ from benchmarks.wire import WireClient, connect
 
 STAMP = 20  # a payload starts with its send time, "%020.6f" of time.monotonic()
 SIO_MESSAGE = b'42["message","'  # a Socket.IO delivery: this + payload + '"]'
+JSON_PAYLOAD = b'"p":"'  # a JSON delivery: {... "p":"<payload>"}
 BATCH = 100  # clients connecting at once: the server is not under a SYN flood test
 
 
@@ -61,6 +64,7 @@ class Dialect:
 
     def __init__(self, protocol: str) -> None:
         self.socketio = protocol == "socketio"
+        self.json = protocol == "json"
 
     def join(self, room: str | None) -> str:
         if self.socketio:
@@ -93,6 +97,17 @@ class Dialect:
                     client.send_text("3")
 
             return on_socketio
+
+        if self.json:
+
+            def on_json(payload: bytes) -> None:
+                now = clock()
+                start = payload.index(JSON_PAYLOAD) + len(JSON_PAYLOAD)
+                append(now - float(payload[start : start + STAMP]))
+                tally.received += 1
+                tally.last_receipt = now
+
+            return on_json
 
         def on_plain(payload: bytes) -> None:
             now = clock()
@@ -207,7 +222,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--index", type=int, default=0, help="this generator's index")
     parser.add_argument("--of", type=int, default=1, help="how many generator processes share the clients")
-    parser.add_argument("--protocol", choices=("plain", "socketio"), default="plain")
+    parser.add_argument("--protocol", choices=("plain", "json", "socketio"), default="plain")
     parser.add_argument("--latency-file")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
     args = parser.parse_args()

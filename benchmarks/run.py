@@ -101,7 +101,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        backend = f"/{self.spec.backend}" if self.system == "channels" or self.peer else ""
+        backend = f"/{self.spec.backend}" if self.system.startswith("channels") or self.peer else ""
         return f"{self.system}{backend} [{WS_NAMES.get(self.ws, self.ws)}]"
 
 
@@ -143,6 +143,14 @@ def ours(workload: str, bare: str) -> list[Case]:
     ]
 
 
+def history(workload: str) -> list[Case]:
+    """The same group as JSON objects, without and with history, on the fast path (issue 12)."""
+    return [
+        Case(workload, "channels_json", FAST, protocol="json"),
+        Case(workload, "channels_history", FAST, protocol="json"),
+    ]
+
+
 def granian(workload: str, bare: str) -> list[Case]:
     return [
         Case(workload, bare, "granian", requires=("granian",)),
@@ -162,7 +170,12 @@ CASES = {
         *peers("fanout"),
     ],
     "rooms": [*ours("rooms", "bare"), *peers("rooms")],
-    "cross": [*ours("cross", "bare_redis"), *granian("cross", "bare_redis"), *peers("cross")],
+    "cross": [
+        *ours("cross", "bare_redis"),
+        *history("cross"),
+        *granian("cross", "bare_redis"),
+        *peers("cross"),
+    ],
     "capacity": [*ours("capacity", "bare"), *peers("capacity")],
     "large": [*ours("large", "bare_redis"), *peers("large")],
 }

@@ -8,6 +8,8 @@ A client sends the text `join` and gets `joined` once it is a member of the grou
                   of the ASGI stack on one server)
     bare_redis    the same plus redis-py pub/sub: one subscription per process, a local loop
     channels      fastapi-channels (backend from BACKEND_TYPE / REDIS_URL)
+    channels_json     the same, each message sent as a JSON object {"p": payload}
+    channels_history  the same objects to a history group (stored and numbered)
 """
 
 from __future__ import annotations
@@ -110,10 +112,14 @@ bare_redis = Starlette(routes=[WebSocketRoute("/ws", _bare_redis_endpoint)], lif
 
 
 # --- channels: fastapi-channels ----------------------------------------------------------------------
-def _channels_app() -> Starlette:
+def _channels_app(*, as_json: bool = False, history: bool = False) -> Starlette:
+    """`as_json`: each payload is sent as the object {"p": payload}; `history`: the groups are
+    history groups (stored, numbered), which takes objects."""
     from fastapi_channels import ConnectionManager, WSConfig
 
-    manager = ConnectionManager(WSConfig(LOG_STATS=False, WS_ENABLE_HEARTBEAT=False))
+    manager = ConnectionManager(
+        WSConfig(LOG_STATS=False, WS_ENABLE_HEARTBEAT=False, WS_HISTORY_GROUPS="*" if history else "")
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -131,7 +137,7 @@ def _channels_app() -> Starlette:
                     await manager.join_group(name, group)
                     await manager.send_personal(name, "joined")
                 elif action == "publish":
-                    await manager.send_to_group(group, payload)
+                    await manager.send_to_group(group, {"p": payload} if as_json else payload)
         except WebSocketDisconnect:
             await manager.disconnect(name)
 
@@ -139,3 +145,5 @@ def _channels_app() -> Starlette:
 
 
 channels = _channels_app()
+channels_json = _channels_app(as_json=True)
+channels_history = _channels_app(as_json=True, history=True)

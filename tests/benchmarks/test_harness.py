@@ -83,3 +83,15 @@ def test_a_peer_whose_package_is_missing_is_skipped_unless_peers_are_required() 
         assert run.main([*TINY, "--workload", "fanout"]) == []
     finally:
         run.CASES["fanout"] = original
+
+
+def test_the_history_memory_figure_is_measured() -> None:
+    """benchmarks.history_memory runs end to end at a tiny size (no figure is asserted)."""
+    import asyncio
+
+    from benchmarks.history_memory import measure
+    from benchmarks.run import redis_server
+
+    with redis_server() as url:
+        _, frame, stored = asyncio.run(measure(url, 50, "x" * 10))
+    assert stored == 51 and frame > 10  # every send was stored and numbered
