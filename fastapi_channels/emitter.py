@@ -57,9 +57,14 @@ EMITTER_POOL_SIZE = 16
 RESYNC_WINDOW_MS = 2000
 """The servers' window for writing their state back after Redis lost it (RedisBackend's
 RESYNC_WINDOW): sends in it cannot be verified and are reported as shortfalls."""
-_POOL_TIMEOUT = 10
-_CONNECT_TIMEOUT = 5
-_SOCKET_TIMEOUT = 10
+# Both emitters' pools (redis-py's async and sync clients take the same options). No automatic
+# retries: a retried publish could deliver twice; failures surface as BackendError.
+_POOL_OPTIONS: dict[str, Any] = {
+    "max_connections": EMITTER_POOL_SIZE,
+    "timeout": 10,
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+}
 
 Kind = Literal["fanout", "personal", "control", "disconnect"]
 
@@ -253,15 +258,7 @@ class Emitter:
         from fastapi_channels.backends.redis_state import load_script
 
         self._core = _Core(ws_config)
-        # No automatic retries: a retried publish could deliver twice. Failures are BackendError.
-        pool = BlockingConnectionPool.from_url(
-            self._core.url,
-            max_connections=EMITTER_POOL_SIZE,
-            timeout=_POOL_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=_CONNECT_TIMEOUT,
-            socket_timeout=_SOCKET_TIMEOUT,
-        )
+        pool = BlockingConnectionPool.from_url(self._core.url, retry=Retry(NoBackoff(), 0), **_POOL_OPTIONS)
         self._client = Redis.from_pool(pool)
         self._scripts = {
             name: self._client.register_script(load_script(name))
@@ -380,14 +377,7 @@ class SyncEmitter:
         from fastapi_channels.backends.redis_state import load_script
 
         self._core = _Core(ws_config)
-        pool = BlockingConnectionPool.from_url(
-            self._core.url,
-            max_connections=EMITTER_POOL_SIZE,
-            timeout=_POOL_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=_CONNECT_TIMEOUT,
-            socket_timeout=_SOCKET_TIMEOUT,
-        )
+        pool = BlockingConnectionPool.from_url(self._core.url, retry=Retry(NoBackoff(), 0), **_POOL_OPTIONS)
         self._client = Redis.from_pool(pool)
         self._scripts = {
             name: self._client.register_script(load_script(name))
