@@ -65,6 +65,7 @@ COUNTER_HELP = {
     "publish_failures": "Sends the backend did not take",
     "messages_sent": "Frames written to clients",
     "bytes_sent": "Characters (text frames) and bytes (binary frames) written to clients",
+    "socket_writes": "Writes to client sockets (messages_sent / socket_writes: frames per write)",
     "messages_received": "Frames received from clients",
     "bytes_received": "Characters and bytes received from clients",
     "messages_dropped": "Frames dropped by the slow-consumer policy or a close",

@@ -58,6 +58,7 @@ class Counters:
     publish_failures: int = 0
     messages_sent: int = 0
     bytes_sent: int = 0
+    socket_writes: int = 0
     messages_received: int = 0
     bytes_received: int = 0
     messages_dropped: int = 0
