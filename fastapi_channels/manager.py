@@ -89,11 +89,26 @@ class _Claim:
     """A channel name in use on this server: from the start of its connect to the end of its
     release, so a reused connection id never touches its predecessor's state."""
 
-    __slots__ = ("connection", "released")
+    __slots__ = ("_released", "connection", "is_released")
 
     def __init__(self) -> None:
         self.connection: Connection | None = None  # set once admitted
-        self.released = asyncio.Event()
+        self.is_released = False
+        # Made only when a connect waits for this claim: an asyncio.Event on every
+        # connection would cost a deque (about 760 bytes) for a rare wait.
+        self._released: asyncio.Future[None] | None = None
+
+    def release(self) -> None:
+        self.is_released = True
+        if self._released is not None and not self._released.done():
+            self._released.set_result(None)
+
+    async def wait_released(self) -> None:
+        if self.is_released:
+            return
+        if self._released is None:
+            self._released = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._released)  # a waiter's timeout must not cancel it for others
 
 
 def get_manager() -> ConnectionManager:
@@ -397,7 +412,7 @@ class ConnectionManager:
             if previous is None or previous.is_open:
                 break  # being admitted, or open: the id is in use
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(held.released.wait(), 2 * self.config.WS_CLOSE_TIMEOUT + 1)
+                await asyncio.wait_for(held.wait_released(), 2 * self.config.WS_CLOSE_TIMEOUT + 1)
         self.counters.connections_refused += 1
         await self._refuse(websocket)
         raise ConnectionError(
@@ -407,7 +422,7 @@ class ConnectionManager:
     def _unclaim(self, channel_name: str, claim: _Claim) -> None:
         if self._claims.get(channel_name) is claim:
             del self._claims[channel_name]
-        claim.released.set()
+        claim.release()
 
     async def _admit(
         self,
