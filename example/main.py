@@ -132,9 +132,12 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
     # memory backend needs no Redis at all.
     rate_limit_redis: Any = None
     if ws_config.BACKEND_TYPE == "redis":
-        from redis.asyncio import Redis
+        from fastapi_channels.backends.redis_connect import RedisTarget, async_client
 
-        rate_limit_redis = Redis.from_url(ws_config.REDIS_URL, encoding="utf-8", decode_responses=True)
+        # The same Redis as the backend's, one server or the master Sentinel names (REDIS_MODE).
+        rate_limit_redis = async_client(
+            RedisTarget.from_config(ws_config), max_connections=32, encoding="utf-8", decode_responses=True
+        )
     rate_limit_options: dict[str, Any] = {"redis": rate_limit_redis} if rate_limit_redis is not None else {}
 
     # Build middleware chain

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["WSConfig"]
@@ -33,6 +33,15 @@ class WSConfig(BaseSettings):
     # Backend selection
     BACKEND_TYPE: Literal["memory", "redis"] = "memory"
     REDIS_URL: str = "redis://localhost:6379/0"
+    # How the Redis is reached: one server at REDIS_URL, or the master that Redis Sentinel names
+    # (REDIS_URL then gives only the password, user name, db and rediss://, not the host)
+    REDIS_MODE: Literal["standalone", "sentinel"] = "standalone"
+    REDIS_SENTINELS: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
+    """Sentinels as `host:port,host:port` (required with REDIS_MODE=sentinel)."""
+    REDIS_SENTINEL_MASTER: str = ""
+    """The master's name in the sentinels' `sentinel monitor <name> ...` (required in sentinel mode)."""
+    REDIS_SENTINEL_PASSWORD: SecretStr = SecretStr("")
+    """The sentinels' own `requirepass` (empty: they take no password); the master's is REDIS_URL's."""
     REDIS_CHANNEL_PREFIX: str = "ws:"
     REDIS_REGISTRY_EXPIRY: int = Field(default=30, ge=2)
     REDIS_GROUP_EXPIRY: int = Field(default=86400, ge=1)
@@ -112,6 +121,54 @@ class WSConfig(BaseSettings):
             raise ValueError("must be redis://host:port/db, rediss://... or unix:///path")
         return value
 
+    @field_validator("REDIS_MODE", mode="before")
+    @classmethod
+    def _check_redis_mode(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "cluster":
+            raise ValueError("'cluster' is not supported yet: use 'standalone' or 'sentinel'")
+        return value.strip().lower() if isinstance(value, str) else value
+
+    # The sentinel checks are field validators (defaults are validated too), not a model
+    # validator, so the error is located at the variable and never shows the other settings
+    # (REDIS_URL may hold a password). Checked whatever BACKEND_TYPE says: a sentinel mode that
+    # could never connect is a mistake found now rather than at the first connection.
+    @field_validator("REDIS_MODE")
+    @classmethod
+    def _sentinel_needs_a_host_url(cls, value: str, info: ValidationInfo) -> str:
+        if value == "sentinel" and str(info.data.get("REDIS_URL", "")).startswith("unix:"):
+            raise ValueError("sentinel mode needs a redis:// or rediss:// REDIS_URL (sentinels name a host)")
+        return value
+
+    @field_validator("REDIS_SENTINELS", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        # `host:port,host:port`; an IPv6 host in brackets: `[::1]:26379`.
+        if isinstance(value, str):
+            return [_sentinel_address(item.strip()) for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple):
+            return [_sentinel_address(item) if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("REDIS_SENTINELS")
+    @classmethod
+    def _sentinels_in_sentinel_mode(
+        cls, value: list[tuple[str, int]], info: ValidationInfo
+    ) -> list[tuple[str, int]]:
+        if info.data.get("REDIS_MODE") == "sentinel" and not value:
+            raise ValueError("REDIS_MODE=sentinel requires REDIS_SENTINELS=host:port,host:port")
+        return value
+
+    @field_validator("REDIS_SENTINEL_MASTER")
+    @classmethod
+    def _check_master_name(cls, value: str, info: ValidationInfo) -> str:
+        if value and (value != value.strip() or any(c.isspace() or not c.isprintable() for c in value)):
+            raise ValueError("a sentinel master name has no spaces or control characters")
+        if info.data.get("REDIS_MODE") == "sentinel" and not value:
+            raise ValueError(
+                "REDIS_MODE=sentinel requires REDIS_SENTINEL_MASTER=<the monitored master's name>"
+            )
+        return value
+
     @field_validator("SERVER_INSTANCE_ID")
     @classmethod
     def _check_server_id(cls, value: str) -> str:
@@ -126,3 +183,19 @@ class WSConfig(BaseSettings):
         if self.WS_SERIALIZER == "pickle" and not self.WS_ALLOW_PICKLE:
             raise ValueError("WS_SERIALIZER=pickle requires WS_ALLOW_PICKLE=true (pickle can run code)")
         return self
+
+
+def _sentinel_address(item: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) as a pair; ValueError naming the bad item otherwise."""
+    host, sep, port = item.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit())
+        or not 0 < int(port) < 65536
+        or any(c.isspace() or c in "/@[]" for c in host)
+    ):
+        raise ValueError(f"{item!r} is not host:port (REDIS_SENTINELS=host:port,host:port)")
+    return host, int(port)

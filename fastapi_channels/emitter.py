@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi_channels import routing
+from fastapi_channels.backends.redis_connect import RedisTarget, async_client, sync_client
 from fastapi_channels.backends.redis_keys import RedisKeys
 from fastapi_channels.backends.redis_publish import (
     PUBLISH_HISTORY_SCRIPT,
@@ -42,7 +43,6 @@ from fastapi_channels.config import WSConfig
 from fastapi_channels.exceptions import BackendError, BaseError, CloseCode, ConnectionError, DeliveryError
 from fastapi_channels.history import HistoryPolicy, split_positioned_body
 from fastapi_channels.messages import to_frame
-from fastapi_channels.redact import redact_url
 from fastapi_channels.serializers import get_serializer
 
 if TYPE_CHECKING:
@@ -57,8 +57,8 @@ EMITTER_POOL_SIZE = 16
 RESYNC_WINDOW_MS = 2000
 """The servers' window for writing their state back after Redis lost it (RedisBackend's
 RESYNC_WINDOW): sends in it cannot be verified and are reported as shortfalls."""
-# Both emitters' pools (redis-py's async and sync clients take the same options). No automatic
-# retries: a retried publish could deliver twice; failures surface as BackendError.
+# Both emitters' pools (`redis_connect` builds them, for REDIS_MODE, without automatic retries:
+# a retried publish could deliver twice; failures surface as BackendError).
 _POOL_OPTIONS: dict[str, Any] = {
     "max_connections": EMITTER_POOL_SIZE,
     "timeout": 10,
@@ -105,6 +105,7 @@ class _Core:
                 "reach them; send from that process with get_manager() instead"
             )
         self.url = self.config.REDIS_URL
+        self.target = RedisTarget.from_config(self.config)
         self.keys = RedisKeys(self.config.REDIS_CHANNEL_PREFIX, "")
         self.serializer = get_serializer(self.config.WS_SERIALIZER, allow_pickle=self.config.WS_ALLOW_PICKLE)
         self.strict = self.config.WS_STRICT_DELIVERY
@@ -182,7 +183,7 @@ class _Core:
     def failed(self, exc: Exception) -> BackendError:
         with self._lock:
             self.counters.publish_failures += 1
-        shown = redact_url(self.url)
+        shown = self.target.describe()
         # Only the type: a driver's message is not ours to vouch for, the URL is shown redacted.
         return BackendError(
             f"Redis at {shown} did not take the send: {type(exc).__name__}",
@@ -246,20 +247,16 @@ class Emitter:
     """Send to a cluster's clients from asyncio code that is not a server (one per event loop).
 
     ``async with Emitter() as emitter: await emitter.send_to_group("room", {...})``.
-    Settings come from `ws_config` (or the environment): REDIS_URL, REDIS_CHANNEL_PREFIX,
-    WS_SERIALIZER, WS_STRICT_DELIVERY. With BACKEND_TYPE=memory it raises ValueError.
+    Settings come from `ws_config` (or the environment): REDIS_URL (with REDIS_MODE and the
+    sentinel settings), REDIS_CHANNEL_PREFIX, WS_SERIALIZER, WS_STRICT_DELIVERY. With
+    BACKEND_TYPE=memory it raises ValueError.
     """
 
     def __init__(self, ws_config: WSConfig | None = None) -> None:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         from fastapi_channels.backends.redis_state import load_script
 
         self._core = _Core(ws_config)
-        pool = BlockingConnectionPool.from_url(self._core.url, retry=Retry(NoBackoff(), 0), **_POOL_OPTIONS)
-        self._client = Redis.from_pool(pool)
+        self._client = async_client(self._core.target, **_POOL_OPTIONS)
         self._scripts = {
             name: self._client.register_script(load_script(name))
             for name in (PUBLISH_SCRIPT, PUBLISH_HISTORY_SCRIPT)
@@ -370,15 +367,10 @@ class SyncEmitter:
     """
 
     def __init__(self, ws_config: WSConfig | None = None) -> None:
-        from redis import BlockingConnectionPool, Redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         from fastapi_channels.backends.redis_state import load_script
 
         self._core = _Core(ws_config)
-        pool = BlockingConnectionPool.from_url(self._core.url, retry=Retry(NoBackoff(), 0), **_POOL_OPTIONS)
-        self._client = Redis.from_pool(pool)
+        self._client = sync_client(self._core.target, **_POOL_OPTIONS)
         self._scripts = {
             name: self._client.register_script(load_script(name))
             for name in (PUBLISH_SCRIPT, PUBLISH_HISTORY_SCRIPT)

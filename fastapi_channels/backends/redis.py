@@ -11,7 +11,8 @@ Failure handling is part of the design: the reader reconnects at once and then w
 backoff, subscribes every wanted topic again and writes this server's state back (under the
 limits) when Redis lost it; a probe through its own channel catches a subscription that went
 deaf without an error; outages are reported to a listener.
-Needs a non-cluster Redis >= 6.2.
+Needs a non-cluster Redis >= 6.2: one server, or a master behind Redis Sentinel (`redis_connect`
+builds the client either way; after a failover the reader's reconnect reaches the new master).
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 
 from fastapi_channels import routing
 from fastapi_channels.backends.base import Admission, BaseBackend, Delivery, MessageHandler
+from fastapi_channels.backends.redis_connect import RedisTarget, async_client
 from fastapi_channels.backends.redis_keys import RedisKeys
 from fastapi_channels.backends.redis_reader import PubSubReader, ReaderState
 from fastapi_channels.backends.redis_state import ClusterState
 from fastapi_channels.exceptions import BackendError
 from fastapi_channels.history import HistoryEntry, HistoryRead
-from fastapi_channels.redact import redact_url
 
 if TYPE_CHECKING:
     from fastapi_channels.config import WSConfig
@@ -65,9 +64,13 @@ class RedisBackend(BaseBackend):
         reconnect_delay: float = 5.0,
         self_check_interval: float | None = None,
         resync_window: float = RESYNC_WINDOW,
+        target: RedisTarget | None = None,
     ) -> None:
+        """`target` says how to reach Redis (a sentinel-managed master, ...); without it, the
+        one Redis at `url`."""
         super().__init__()
-        self.url = url
+        self.target = target if target is not None else RedisTarget(url)
+        self.url = self.target.url
         self.prefix = prefix
         self.registry_expiry = registry_expiry
         self.group_expiry = group_expiry
@@ -98,6 +101,9 @@ class RedisBackend(BaseBackend):
             registry_expiry=self.registry_expiry,
             group_expiry=self.group_expiry,
             resync_window=self.resync_window,
+            # Behind Sentinel a promoted replica may lack the old master's last writes: the
+            # heartbeat then finds another Redis process under the state and treats it as lost.
+            check_writer=self.target.mode == "sentinel",
         )
 
     @classmethod
@@ -109,6 +115,7 @@ class RedisBackend(BaseBackend):
             group_expiry=config.REDIS_GROUP_EXPIRY,
             reconnect_attempts=config.WS_RECONNECT_MAX_ATTEMPTS,
             reconnect_delay=config.WS_RECONNECT_DELAY,
+            target=RedisTarget.from_config(config),
         )
 
     @property
@@ -132,15 +139,15 @@ class RedisBackend(BaseBackend):
         # retries: a retried PUBLISH could deliver twice; failures surface as BackendError.
         # Everything here is created on the running loop, so a backend can be started again on
         # another loop after stop().
-        pool = BlockingConnectionPool.from_url(
-            self.url,
+        # In sentinel mode every new connection (the reader's too) asks the sentinels for the
+        # master, so connections made after a failover reach the promoted replica.
+        self._client = async_client(
+            self.target,
             max_connections=REDIS_POOL_SIZE,
             timeout=10,
-            retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=5,
             socket_timeout=10,
         )
-        self._client = Redis.from_pool(pool)  # the client owns and closes the pool
         try:
             await self._connect_with_retries()
             self.state.bind(self._client)
@@ -175,7 +182,7 @@ class RedisBackend(BaseBackend):
 
     async def _connect_with_retries(self) -> None:
         attempts = self.reconnect_attempts + 1
-        shown = redact_url(self.url)
+        shown = self.target.describe()
         for attempt in range(1, attempts + 1):
             try:
                 await self.client.ping()
@@ -286,7 +293,7 @@ class RedisBackend(BaseBackend):
     async def read_history(self, group: str, after: int, limit: int, size: int, ttl: int) -> HistoryRead:
         keys = self.keys
         answer = await self.state.script("read_history")(
-            keys=[keys.history(group), keys.history_position(group)], args=[after, limit, size]
+            keys=[keys.history(group), keys.history_position(group), keys.epoch], args=[after, limit, size]
         )
         epoch, offset, first, *flat = answer
         if not epoch:

@@ -9,9 +9,11 @@ Pure string building, kept apart so the layout is readable in one place::
     <p>users:<user>              hash server -> the user's connection count there (the slots)
     <p>group:<group>             set of the group's channel names, TTL REDIS_GROUP_EXPIRY
     <p>gsrv:<group>              hash server -> the group's member count there, same TTL
-    <p>epoch                     hash id, born, lost: the incarnation of all of the above
+    <p>epoch                     hash id, born, lost, run: the incarnation of all of the above
+                                 (run: the Redis process that wrote it, checked behind Sentinel)
     <p>hist:<group>              stream of a history group's positioned frames, ids <offset>-1
-    <p>hpos:<group>              hash epoch, offset: a history group's position
+    <p>hpos:<group>              hash epoch, offset, cluster: a history group's position (and
+                                 the cluster epoch it was written under)
     <p>groups                    zset <group> -> expiry deadline (ms): the cluster's group count
     <p><topic>                   pub/sub channels: group:<g>, user:<u>, inbox:<server>, broadcast
     <p>probe:<server>            pub/sub channel of the server's deafness self-check

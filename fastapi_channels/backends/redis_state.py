@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote
 
 from fastapi_channels.backends.base import Admission
 from fastapi_channels.backends.redis_keys import RedisKeys, key_part
@@ -48,6 +51,7 @@ _REAP_ROUNDS_PER_TICK = 20
 _REFRESH_CHUNK = 500
 _REASSERT_CHUNK = 500
 MAX_PENDING_REMOVALS = 100_000
+_T = TypeVar("_T")
 _ADMISSION = {
     0: Admission.ACCEPTED,
     1: Admission.USER_LIMIT,
@@ -72,8 +76,12 @@ class ClusterState:
         registry_expiry: int,
         group_expiry: int,
         resync_window: float,
+        check_writer: bool = False,
     ) -> None:
+        """`check_writer`: have the heartbeat check that the Redis process serving the state is
+        the one that wrote it (Sentinel: a promoted replica may lack the last writes)."""
         self.keys = keys
+        self.check_writer = check_writer
         self.registry_expiry = registry_expiry
         self.group_expiry = group_expiry
         self.resync_window_ms = int(resync_window * 1000)
@@ -91,6 +99,11 @@ class ClusterState:
         self.limits: tuple[int, int] = (2**31, 2**31)  # per user, total: set by add_connection
         self.conns: dict[str, str] = {}  # channel -> user id ("" if anonymous)
         self.memberships: set[tuple[str, str]] = set()
+        # Adds under way (their script may have run before the mirror holds them): a write-back
+        # never takes them for leftovers.
+        self._adding: dict[str, int] = {}
+        self._joining: dict[tuple[str, str], int] = {}
+        self.pruned = 0  # leftovers a write-back removed (entries Redis held and this server did not)
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._last_group_refresh = 0.0
@@ -129,11 +142,12 @@ class ClusterState:
         self, channel_name: str, user_id: str | None, *, max_per_user: int, max_total: int
     ) -> Admission:
         self.limits = (max_per_user, max_total)
-        admission = await self._admit(channel_name, user_id or "", "new")
-        if admission is Admission.ACCEPTED:
-            self.conns[channel_name] = user_id or ""
-            # A new connection with this name: the old one's leftover is replaced by the script.
-            self.pending_removals.pop(("conn", channel_name), None)
+        with _under_way(self._adding, channel_name):
+            admission = await self._admit(channel_name, user_id or "", "new")
+            if admission is Admission.ACCEPTED:
+                self.conns[channel_name] = user_id or ""
+                # A new connection with this name: the old one's leftover is replaced by the script.
+                self.pending_removals.pop(("conn", channel_name), None)
         return admission
 
     def _admit_call(self, channel_name: str, user: str, mode: str) -> tuple[list[Any], list[Any]]:
@@ -203,9 +217,10 @@ class ClusterState:
     # --- groups --------------------------------------------------------------------------------
     async def group_add(self, group: str, channel_name: str, *, max_groups: int) -> bool:
         self.pending_removals.pop(("member", group, channel_name), None)
-        added = await self._group_add(group, channel_name, max_groups)
-        if added:
-            self.memberships.add((group, channel_name))
+        with _under_way(self._joining, (group, channel_name)):
+            added = await self._group_add(group, channel_name, max_groups)
+            if added:
+                self.memberships.add((group, channel_name))
         return added
 
     def _group_add_call(self, group: str, channel_name: str, max_groups: int) -> tuple[list[Any], list[Any]]:
@@ -266,7 +281,12 @@ class ClusterState:
         keys = self.keys
         existed, epoch, trusted = await self._scripts["heartbeat"](
             keys=[keys.alive, keys.servers, keys.epoch],
-            args=[self.registry_expiry, keys.server_id, *self.epoch_args()],
+            args=[
+                self.registry_expiry,
+                keys.server_id,
+                *self.epoch_args(),
+                "1" if self.check_writer else "0",
+            ],
         )
         self.trusted = bool(int(trusted))
         self.learn_epoch(epoch)
@@ -275,7 +295,8 @@ class ClusterState:
         return self.rewrite_needed
 
     async def rewrite(self) -> list[tuple[str, Admission]]:
-        """Write this server's connections and memberships back, under the limits.
+        """Write this server's connections and memberships back, under the limits, and remove
+        what Redis holds of this server's that the server does not.
 
         Returns the connections that no longer fit (their user is at the limit on other
         servers, which wrote their state back first): the caller closes them.
@@ -284,6 +305,7 @@ class ClusterState:
         logger.warning(
             "writing %d connections and %d memberships back to Redis", len(self.conns), len(self.memberships)
         )
+        await self._prune()
         refused: list[tuple[str, Admission]] = []
         conns = list(self.conns.items())
         for start in range(0, len(conns), _REASSERT_CHUNK):
@@ -322,6 +344,31 @@ class ClusterState:
         self.rewrite_needed = False
         return refused
 
+    async def _prune(self) -> None:
+        """Remove this server's entries that Redis holds and this server does not.
+
+        An emptied Redis holds none; a replica promoted by Sentinel may: a close or a leave the
+        old master confirmed and never passed on. Left there, it would hold a user's slot, or
+        make every send to the group a false shortfall, for the server's whole life.
+        """
+        keys = self.keys
+        client = self.client
+        conns = [
+            (_text(channel), unquote(_text(user)))  # the hash holds the user as a key part
+            async for channel, user in client.hscan_iter(keys.conns, count=_REASSERT_CHUNK)
+        ]
+        for channel, user in conns:
+            if channel not in self.conns and channel not in self._adding:
+                await self._remove_connection(channel, user)
+                self.pruned += 1
+        entries = [_text(entry) async for entry in client.sscan_iter(keys.members, count=_REASSERT_CHUNK)]
+        for entry in entries:
+            part, _, channel = entry.partition("|")
+            membership = (unquote(part), channel)
+            if membership not in self.memberships and membership not in self._joining:
+                await self._group_discard(*membership)
+                self.pruned += 1
+
     async def reap(self) -> None:
         reap = self._scripts["reap"]
         for _ in range(_REAP_ROUNDS_PER_TICK):
@@ -359,3 +406,21 @@ class ClusterState:
         self.conns.clear()
         self.memberships.clear()
         self.epoch = ""
+
+
+@contextmanager
+def _under_way(counts: dict[_T, int], item: _T) -> Iterator[None]:
+    """Count `item` as under way for the block (two adds of one name may overlap)."""
+    counts[item] = counts.get(item, 0) + 1
+    try:
+        yield
+    finally:
+        left = counts[item] - 1
+        if left:
+            counts[item] = left
+        else:
+            del counts[item]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -46,6 +46,28 @@ local function epoch(key, known, fresh, window, now)
   return id, true
 end
 
+-- Behind Sentinel: is the Redis process serving the state the one that wrote it? A replica
+-- promoted to master holds what it had replicated, which may lack the old master's last writes
+-- (a slot, a membership, a removal), and the epoch hash it copied names the old master's run
+-- id. The state then counts as lost: a new epoch, untrusted for `window` ms, so every server
+-- writes its own back (and removes its leftovers) as after a restart that emptied Redis. A hash
+-- that names no run id (made since the last check, or by an older version) is adopted.
+-- Returns the epoch id and whether it is trusted, as `epoch` does. Reads INFO: the heartbeat's
+-- to call (each server's every keeper tick, and at once after its pub/sub reconnects).
+local function check_writer(key, id, trusted, fresh, window, now)
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local recorded = redis.call('HGET', key, 'run')
+  if recorded == run then
+    return id, trusted
+  end
+  if not recorded then
+    redis.call('HSET', key, 'run', run)
+    return id, trusted
+  end
+  redis.call('HSET', key, 'id', fresh, 'born', now, 'lost', '1', 'run', run)
+  return fresh, window <= 0  -- untrusted for the window, as `epoch` says of a lost state
+end
+
 -- Live servers with a positive count in a hash server -> count, and the sum of their counts.
 -- Dead servers' fields are left for the reaper. O(servers), never O(members).
 local function live_counts(prefix, key)

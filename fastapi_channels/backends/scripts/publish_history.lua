@@ -10,13 +10,22 @@
 -- epoch, offset, history epoch}.
 -- The stream's entry ids are `<offset>-1`, so a read after a position is one XRANGE; the
 -- group's history epoch changes whenever its history was lost (expired, or Redis lost it).
+-- The history hash also names the cluster epoch it was written under ('cluster'): once that
+-- epoch is replaced while the history survived (Sentinel promoted a replica, which may lack
+-- the old master's last entries), offsets could be handed out twice, so the history starts
+-- again under a new epoch. A hash without the field (written by an older version) adopts it.
 local prefix = ARGV[6]
 local id, trusted = epoch(KEYS[1], ARGV[7], ARGV[8], tonumber(ARGV[9]), nil)
-local gepoch, offset = unpack(redis.call('HMGET', KEYS[4], 'epoch', 'offset'))
+local gepoch, offset, cluster = unpack(redis.call('HMGET', KEYS[4], 'epoch', 'offset', 'cluster'))
+if gepoch and cluster and cluster ~= id then
+  gepoch = false
+end
 if not gepoch then
   gepoch, offset = ARGV[12], 0
   redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[4], 'epoch', gepoch)
+  redis.call('HSET', KEYS[4], 'epoch', gepoch, 'cluster', id)
+elseif not cluster then
+  redis.call('HSET', KEYS[4], 'cluster', id)
 end
 offset = tonumber(offset) + 1
 redis.call('HSET', KEYS[4], 'offset', offset)

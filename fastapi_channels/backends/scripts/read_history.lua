@@ -1,13 +1,15 @@
 -- A history group's position and the retained messages after a position, in one read.
--- KEYS[1] the group's stream, KEYS[2] the group's history hash
+-- KEYS[1] the group's stream, KEYS[2] the group's history hash, KEYS[3] the cluster epoch hash
 -- ARGV[1] read after this offset, ARGV[2] at most this many, ARGV[3] history size
 -- Returns {epoch or false, offset, first recoverable offset, offset1, frame1, exclusion1,
 -- offset2, ...} (an exclusion header, or '').
 -- The window is exactly the last `size` offsets, whatever an approximate trim left
 -- physically, so every backend answers the same (an idle group's whole history expires after
 -- the TTL, with its keys).
-local gepoch, last = unpack(redis.call('HMGET', KEYS[2], 'epoch', 'offset'))
-if not gepoch then
+local gepoch, last, cluster = unpack(redis.call('HMGET', KEYS[2], 'epoch', 'offset', 'cluster'))
+if not gepoch or (cluster and cluster ~= redis.call('HGET', KEYS[3], 'id')) then
+  -- None, or written under a cluster epoch that was replaced since (see publish_history.lua):
+  -- nothing in it is a position to recover from; the next send starts a new history epoch.
   return {false, 0, 1}
 end
 last = tonumber(last)
