@@ -2,7 +2,9 @@
 
 `join` joins the group `bench`, `join <room>` a room of that name; both are answered with
 `joined`. `P<payload>` sends the payload to every member of `bench`, `R<room> <payload>` to
-every member of the room. Payloads are text and arrive verbatim.
+every member of the room, `B<payload>` to every connection of the server (the capacity
+workload's broadcast). Payloads are text and arrive verbatim. A client in two groups sends
+two joins.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ GROUP = "bench"
 
 
 def parse(text: str) -> tuple[str, str, str]:
-    """(`join` | `publish` | `unknown`, group, payload) for one client frame."""
+    """(`join` | `publish` | `broadcast` | `unknown`, group, payload) for one client frame."""
     if text == "join":
         return "join", GROUP, ""
     if text.startswith("join "):
@@ -21,4 +23,6 @@ def parse(text: str) -> tuple[str, str, str]:
     if text.startswith("R"):
         room, _, payload = text[1:].partition(" ")
         return "publish", room, payload
+    if text.startswith("B"):
+        return "broadcast", "", text[1:]
     return "unknown", "", ""

@@ -28,8 +28,6 @@ class CaseLike(Protocol):
 class WorkloadLike(Protocol):
     @property
     def title(self) -> str: ...
-    @property
-    def mode(self) -> str: ...
 
 
 def percentiles(ordered: Sequence[float]) -> dict[str, float]:
@@ -112,63 +110,148 @@ def render(rows: Sequence[dict[str, Any]], workloads: Mapping[str, WorkloadLike]
         mine = [row for row in rows if row["workload"] == name]
         if not mine:
             continue
-        if workload.mode == "idle":
-            header = [
-                "system",
-                "connections",
-                "connects/s",
-                "RSS KiB/conn (median)",
-                "spread",
-                "vs bare (RSS)",
+        if name == "capacity":  # a study over sizes: its own tables
+            sections.append(render_capacity(mine))
+            continue
+        redis = "redis_commands_per_send" in mine[0]
+        header = [
+            "system",
+            "deliveries/s (median)",
+            "spread",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "lost",
+            "server CPU s/100k",
+            "vs bare (rate)",
+            "vs bare (CPU)",
+            "loadgen CPU",
+            "other CPU",
+            *(["Redis cmds/send", "PUBLISH/send"] if redis else []),
+        ]
+        lines = [
+            [
+                r["system"],
+                f"{r['deliveries_per_s']:,.0f}",
+                f"{r['min']:,} to {r['max']:,}",
+                r["p50_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+                r["lost"],
+                r["server_cpu_s_per_100k"],
+                r["ratio_to_bare"],
+                r["cpu_ratio_to_bare"],
+                f"{r['loadgen_cpu_share']:.0%}",
+                f"{r['other_cpu_share']:.0%}",
+                *([r.get("redis_commands_per_send"), r.get("redis_publish_per_send")] if redis else []),
             ]
-            lines = [
-                [
-                    r["system"],
-                    f"{r['connections']:,}",
-                    f"{r['connect_per_s']:,.0f}",
-                    r["rss_per_connection_kib"],
-                    f"{r['rss_min']} to {r['rss_max']}",
-                    r["rss_ratio_to_bare"],
-                ]
-                for r in mine
-            ]
-        else:
-            redis = "redis_commands_per_send" in mine[0]
-            header = [
-                "system",
-                "deliveries/s (median)",
-                "spread",
-                "p50 ms",
-                "p99 ms",
-                "max ms",
-                "lost",
-                "server CPU s/100k",
-                "vs bare (rate)",
-                "vs bare (CPU)",
-                "loadgen CPU",
-                "other CPU",
-                *(["Redis cmds/send", "PUBLISH/send"] if redis else []),
-            ]
-            lines = [
-                [
-                    r["system"],
-                    f"{r['deliveries_per_s']:,.0f}",
-                    f"{r['min']:,} to {r['max']:,}",
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    r["max_ms"],
-                    r["lost"],
-                    r["server_cpu_s_per_100k"],
-                    r["ratio_to_bare"],
-                    r["cpu_ratio_to_bare"],
-                    f"{r['loadgen_cpu_share']:.0%}",
-                    f"{r['other_cpu_share']:.0%}",
-                    *([r.get("redis_commands_per_send"), r.get("redis_publish_per_send")] if redis else []),
-                ]
-                for r in mine
-            ]
+            for r in mine
+        ]
         sections.append(f"### {workload.title}\n\n{_table(header, lines)}")
     return "\n\n".join(sections)
+
+
+def _left(row: dict[str, Any]) -> str:
+    """What the server held after the cleanup: connections / memberships / groups, and a verdict."""
+    after, expected = row["cleanup_after"], row["cleanup_expected"]
+    figures = " / ".join(f"{after[key]:,}" if after[key] is not None else "?" for key in expected)
+    return f"{figures} ({'as expected' if row['cleanup_stable'] else 'expected ' + str(expected)})"
+
+
+def _connects(row: dict[str, Any]) -> str:
+    failed = row["connect_failed"]
+    return f"{row['connect_per_s']:,}" + (f" ({failed:,} failed)" if failed else "")
+
+
+def _idle(row: dict[str, Any]) -> str:
+    """Idle CPU, and for fastapi-channels the heartbeat pings it sent in the window."""
+    pings = row["idle_heartbeat_pings"]
+    return f"{row['idle_cpu_percent']}" + (f" ({pings:,} heartbeat pings)" if pings is not None else "")
+
+
+def render_capacity(rows: Sequence[dict[str, Any]]) -> str:
+    """W4: one Markdown table per size, and the cleanup settings of each system under it."""
+    sections = []
+    for size in sorted({row["connections"] for row in rows}):
+        mine = [row for row in rows if row["connections"] == size]
+        vanished = mine[0]["cleanup_vanished"]
+        header = [
+            "system",
+            "connects/s",
+            "RSS KiB/conn",
+            "vs bare (RSS)",
+            "idle CPU % of a core",
+            "broadcast p50 ms",
+            "broadcast p99 ms",
+            "lost",
+            "server CPU ms/broadcast",
+            "loadgen CPU (broadcast)",
+            f"cleanup s ({vanished:,} vanish)",
+            "left: conns / memberships / groups",
+            "other CPU (idle)",
+            "run s",
+        ]
+        lines = [
+            [
+                r["system"],
+                _connects(r),
+                r["rss_per_connection_kib"],
+                r["rss_ratio_to_bare"],
+                _idle(r),
+                r["broadcast_p50_ms"],
+                r["broadcast_p99_ms"],
+                r["broadcast_lost"],
+                r["broadcast_server_cpu_ms"],
+                f"{r['broadcast_loadgen_cpu_share']:.0%}",
+                "not reached" if r["cleanup_s"] is None else r["cleanup_s"],
+                _left(r),
+                f"{r['idle_other_cpu_percent']}%",
+                r["run_s"],
+            ]
+            for r in mine
+        ]
+        settings = "; ".join(f"{r['system']}: {r['cleanup_by']}" for r in mine)
+        title = (
+            f"### W4 capacity: {size:,} connections on one server ({mine[0]['loadgens']} generator processes)"
+        )
+        sections.append(f"{title}\n\n{_table(header, lines)}\n\nCleanup settings: {settings}.")
+    return "\n\n".join(sections)
+
+
+def capacity_chart(rows: Sequence[dict[str, Any]], directory: Path) -> Path:
+    """W4: RSS per connection, idle CPU and broadcast time against the number of connections."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    panels = [
+        ("rss_per_connection_kib", "server RSS per connection, KiB"),
+        ("idle_cpu_percent", "idle server CPU, % of a core"),
+        ("broadcast_p50_ms", "broadcast to all, p50 ms"),
+    ]
+    figure, axes = plt.subplots(1, len(panels), figsize=(14, 4.2))
+    systems = list(dict.fromkeys(row["system"] for row in rows))
+    for axis, (key, label) in zip(axes, panels, strict=True):
+        for system in systems:
+            mine = sorted(
+                (row for row in rows if row["system"] == system), key=lambda row: row["connections"]
+            )
+            axis.plot(
+                [row["connections"] for row in mine], [row[key] for row in mine], marker="o", label=system
+            )
+        axis.set_xlabel("connections to one server process")
+        axis.set_title(label, fontsize=10)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("W4 capacity (lower is better)")
+    figure.tight_layout()
+    path = directory / "capacity.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def charts(
@@ -187,10 +270,10 @@ def charts(
         mine = [row for row in rows if row["workload"] == name]
         if not mine:
             continue
-        idle = workload.mode == "idle"
-        key, low, high = (
-            ("rss_per_connection_kib", "rss_min", "rss_max") if idle else ("deliveries_per_s", "min", "max")
-        )
+        if name == "capacity":
+            written.append(capacity_chart(mine, directory))
+            continue
+        key, low, high = "deliveries_per_s", "min", "max"
         values = [row[key] for row in mine]
         errors = [
             [v - row[low] for v, row in zip(values, mine, strict=True)],
@@ -203,18 +286,14 @@ def charts(
         ]
         axes.barh([row["system"] for row in mine], values, xerr=errors, color=colours, capsize=3)
         axes.invert_yaxis()
-        axes.set_xlabel(
-            "server RSS per idle connection, KiB (lower is better)"
-            if idle
-            else "deliveries/s (higher is better)"
-        )
+        axes.set_xlabel("deliveries/s (higher is better)")
         axes.set_title(f"{workload.title} (median of {mine[0]['rounds']} rounds, bars: spread)")
         if min(values) > 0 and max(values) / min(values) > 50:
             axes.set_xscale("log")  # one system 100x another: a linear axis hides the slow ones
             axes.set_xlabel(f"{axes.get_xlabel()}, log scale")
         for index, (value, row) in enumerate(zip(values, mine, strict=True)):
             axes.annotate(
-                f"{value:,.1f}" if idle else f"{value:,.0f}",
+                f"{value:,.0f}",
                 (row[high], index),  # past the spread's bar, not on it
                 xytext=(6, 0),
                 textcoords="offset points",
@@ -278,10 +357,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results", type=Path, help="a file written by `benchmarks.run --json`")
     parser.add_argument("--charts", type=Path)
     args = parser.parse_args(argv)
+    from benchmarks import latency
+
     saved = json.loads(args.results.read_text())
     print(render(saved["summary"], WORKLOADS))
+    if any(row.get("workload") in latency.WORKLOADS for row in saved["summary"]):
+        print(latency.render(saved["summary"]))
     if args.charts:
-        for path in charts(saved["summary"], WORKLOADS, args.charts):
+        for path in [
+            *charts(saved["summary"], WORKLOADS, args.charts),
+            *latency.charts(saved["summary"], args.charts),
+        ]:
             print(f"wrote {path}")
 
 

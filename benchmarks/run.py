@@ -8,9 +8,16 @@ Workloads (sizes are flags; the defaults are the full sizes):
     fanout    W1: --clients members of one group on one server, --messages from one publisher
     rooms     W2: --clients members in rooms of two on one server, each sending --room-messages
     cross     W3: two server processes on one Redis, members split evenly, publishing on one
-    capacity  W4: --idle-clients idle members on one server: connect rate, RSS per connection
+    capacity  W4: --capacity-sizes connections in 1,000 groups on one server: connects/s, RSS per
+              connection, idle CPU, broadcast time, heartbeat cleanup (benchmarks/capacity.py)
     large     W5: one group of --large-clients members over two servers on one Redis:
               deliveries/s and Redis commands per group send (INFO commandstats)
+
+Latency at a steady rate (opt-in: not in the default list; see benchmarks/latency.py):
+    latency        --clients members of one group on one server; the publisher climbs
+                   --latency-rates (deliveries/s), --latency-seconds each: p50/p99/p99.9/max
+                   per rate and each system's highest rate with p99 < --latency-target-ms
+    latency_cross  the same over two servers on one Redis
 
 Peers (python-socketio, Django Channels, broadcaster; `pip install .[bench]`) run in the
 same invocation, on the same uvicorn and WebSocket implementation; a peer whose packages
@@ -64,7 +71,7 @@ WORKLOADS = {
     "fanout": Workload("fanout", "W1 fan-out: one group, one server", "fanout", 1, "memory"),
     "rooms": Workload("rooms", "W2 chat rooms: rooms of two, everyone sending", "rooms", 1, "memory"),
     "cross": Workload("cross", "W3 cross-server: two servers on one Redis", "fanout", 2, "redis"),
-    "capacity": Workload("capacity", "W4 capacity: idle connections", "idle", 1, "memory"),
+    "capacity": Workload("capacity", "W4 capacity: idle connections on one server", "idle", 1, "memory"),
     "large": Workload("large", "W5 large group: two servers on one Redis", "fanout", 2, "redis"),
 }
 
@@ -176,7 +183,14 @@ CASES = {
         *granian("cross", "bare_redis"),
         *peers("cross"),
     ],
-    "capacity": [*ours("capacity", "bare"), *peers("capacity")],
+    # The capacity study (benchmarks/capacity.py): channels with its heartbeat on, and the one
+    # peer with a broadcast and a ping timeout of its own (python-socketio).
+    "capacity": [
+        Case("capacity", "bare", SANSIO, baseline=True),
+        Case("capacity", "channels", SANSIO, app="benchmarks.systems:channels_capacity"),
+        Case("capacity", "channels", FAST, app="benchmarks.systems:channels_capacity"),
+        peers("capacity")[0],
+    ],
     "large": [*ours("large", "bare_redis"), *peers("large")],
 }
 
@@ -480,8 +494,6 @@ def loadgen_commands(
 
 
 def sizes(case: Case, args: argparse.Namespace) -> tuple[int, int]:
-    if case.workload == "capacity":
-        return args.idle_clients, 0
     if case.workload == "large":
         return args.large_clients, args.large_messages
     if case.workload == "rooms":
@@ -638,11 +650,7 @@ def run(args: argparse.Namespace) -> Results:
                     result = run_case(case, args, redis_url)
                     result["busy_before_start"] = quiet
                     results.add(case, result)
-                    figure = (
-                        f"{result['rss_per_connection_kib']:>8} KiB/conn"
-                        if workload == "capacity"
-                        else f"{result['deliveries_per_s']:>9,}/s"
-                    )
+                    figure = f"{result['deliveries_per_s']:>9,}/s"
                     print(f"  round {round_ + 1} {workload:8} {case.label:36} {figure}", file=sys.stderr)
             if args.profile and workload in ("fanout", "cross"):
                 args.profile.mkdir(parents=True, exist_ok=True)
@@ -664,10 +672,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--workload", default=",".join(WORKLOADS), type=lambda v: v.split(","))
-    parser.add_argument("--clients", type=int, default=1000, help="W1, W2, W3 members")
+    parser.add_argument("--clients", type=int, default=1000, help="W1, W2, W3 and latency members")
     parser.add_argument("--messages", type=int, default=500, help="W1, W3 messages")
     parser.add_argument("--room-messages", type=int, default=100, help="W2 messages per member")
-    parser.add_argument("--idle-clients", type=int, default=5000, help="W4 connections")
     parser.add_argument("--large-clients", type=int, default=2000, help="W5 group members")
     parser.add_argument("--large-messages", type=int, default=200, help="W5 messages")
     parser.add_argument("--size", type=int, default=100, help="message size in bytes")
@@ -706,23 +713,40 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--json", type=Path, help="write the summary and raw runs here")
     parser.add_argument("--charts", type=Path, help="write one PNG chart per workload into this directory")
     parser.add_argument("--profile", type=Path, help="py-spy the servers of W1 and W3 into this directory")
+    from benchmarks import latency  # here, not at the top: latency imports this module
+
+    latency.add_arguments(parser)  # --latency-rates, --latency-seconds, --latency-target-ms
+    from benchmarks import capacity  # here too: capacity imports this module
+
+    capacity.add_arguments(parser)  # --capacity-sizes, --capacity-idle, --capacity-vanish, ...
     parser.set_defaults(peers=None)
     args = parser.parse_args(argv)
     if args.peers is None:
         args.peers = not args.quick
     if args.quick:
         args.clients, args.messages, args.rounds = 200, 100, 2
-        args.idle_clients, args.large_clients, args.large_messages, args.room_messages = 1000, 400, 50, 20
+        args.large_clients, args.large_messages, args.room_messages = 400, 50, 20
+        capacity.quick(args)
+    latency_names = [name for name in args.workload if name in latency.WORKLOADS]  # opt-in, not default
+    args.workload = [name for name in args.workload if name not in latency.WORKLOADS]
     unknown = set(args.workload) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    # W4 is a study of its own (sizes, not rounds), run after the others: one row per system and size.
+    capacity_cases = selected(args, "capacity") if "capacity" in args.workload else []
+    args.workload = [name for name in args.workload if name != "capacity"]
     results = run(args)
     rows = report.summarise(results.runs.items())
+    rows += latency.run_workloads(args, latency_names)  # one row per system, its ladder in "steps"
+    rows += capacity.study(args, capacity_cases)
     print(report.render(rows, WORKLOADS))
+    if latency_names:
+        print(latency.render(rows))
     for label, top in results.profiles.items():
         print(f"\nprofile: {label}\n{top}")
     if args.charts:
         report.charts(rows, WORKLOADS, args.charts)
+        latency.charts(rows, args.charts)
     if args.json:
         raw = {f"{case.label} ({case.workload})": runs for case, runs in results.runs.items()}
         args.json.write_text(

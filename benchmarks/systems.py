@@ -10,6 +10,12 @@ A client sends the text `join` and gets `joined` once it is a member of the grou
     channels      fastapi-channels (backend from BACKEND_TYPE / REDIS_URL)
     channels_json     the same, each message sent as a JSON object {"p": payload}
     channels_history  the same objects to a history group (stored and numbered)
+    channels_capacity fastapi-channels with the library's heartbeat on (interval and timeout
+                      from WS_HEARTBEAT_*): the capacity workload's idle CPU and cleanup
+
+`B<payload>` goes to every connection of the server, and GET /stats reports the server's
+connections, groups and group memberships (bare, channels*): the capacity workload checks
+that joins registered and that vanished clients were unregistered.
 """
 
 from __future__ import annotations
@@ -19,19 +25,24 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from benchmarks.protocol import GROUP, parse
 
 # --- bare: the ASGI send loop --------------------------------------------------------------------
 _groups: dict[str, list[WebSocket]] = {}
+_everyone: dict[int, WebSocket] = {}  # every open socket by id() (a WebSocket is not hashable)
 
 
 async def _bare_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
+    _everyone[id(websocket)] = websocket
     joined: list[str] = []
     try:
         while True:
@@ -44,9 +55,14 @@ async def _bare_endpoint(websocket: WebSocket) -> None:
                 for member in list(_groups.get(group, ())):
                     with contextlib.suppress(Exception):
                         await member.send_text(payload)
+            elif action == "broadcast":
+                for member in list(_everyone.values()):
+                    with contextlib.suppress(Exception):
+                        await member.send_text(payload)
     except WebSocketDisconnect:
         pass
     finally:
+        del _everyone[id(websocket)]
         for group in joined:
             members = _groups[group]
             members.remove(websocket)
@@ -54,7 +70,17 @@ async def _bare_endpoint(websocket: WebSocket) -> None:
                 del _groups[group]
 
 
-bare = Starlette(routes=[WebSocketRoute("/ws", _bare_endpoint)])
+async def _bare_stats(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {
+            "connections": len(_everyone),
+            "groups": len(_groups),
+            "memberships": sum(len(members) for members in _groups.values()),
+        }
+    )
+
+
+bare = Starlette(routes=[WebSocketRoute("/ws", _bare_endpoint), Route("/stats", _bare_stats)])
 
 
 # --- bare_redis: the same across servers through redis-py pub/sub ----------------------------------
@@ -112,13 +138,15 @@ bare_redis = Starlette(routes=[WebSocketRoute("/ws", _bare_redis_endpoint)], lif
 
 
 # --- channels: fastapi-channels ----------------------------------------------------------------------
-def _channels_app(*, as_json: bool = False, history: bool = False) -> Starlette:
+def _channels_app(*, as_json: bool = False, history: bool = False, heartbeat: bool = False) -> Starlette:
     """`as_json`: each payload is sent as the object {"p": payload}; `history`: the groups are
-    history groups (stored, numbered), which takes objects."""
+    history groups (stored, numbered), which takes objects; `heartbeat`: the library's
+    heartbeat as configured by the environment (on by default), else off."""
     from fastapi_channels import ConnectionManager, WSConfig
 
+    heartbeat_off: dict[str, Any] = {} if heartbeat else {"WS_ENABLE_HEARTBEAT": False}
     manager = ConnectionManager(
-        WSConfig(LOG_STATS=False, WS_ENABLE_HEARTBEAT=False, WS_HISTORY_GROUPS="*" if history else "")
+        WSConfig(LOG_STATS=False, WS_HISTORY_GROUPS="*" if history else "", **heartbeat_off)
     )
 
     @asynccontextmanager
@@ -138,12 +166,21 @@ def _channels_app(*, as_json: bool = False, history: bool = False) -> Starlette:
                     await manager.send_personal(name, "joined")
                 elif action == "publish":
                     await manager.send_to_group(group, {"p": payload} if as_json else payload)
+                elif action == "broadcast":
+                    await manager.broadcast({"p": payload} if as_json else payload)
         except WebSocketDisconnect:
             await manager.disconnect(name)
 
-    return Starlette(routes=[WebSocketRoute("/ws", endpoint)], lifespan=lifespan)
+    async def stats(request: Request) -> JSONResponse:
+        """The manager's own figures, plus the group memberships its group index holds."""
+        registry = manager.registry
+        memberships = sum(len(registry.group_members(group)) for group in registry.groups())
+        return JSONResponse({**manager.get_stats(), "memberships": memberships})
+
+    return Starlette(routes=[WebSocketRoute("/ws", endpoint), Route("/stats", stats)], lifespan=lifespan)
 
 
 channels = _channels_app()
 channels_json = _channels_app(as_json=True)
 channels_history = _channels_app(as_json=True, history=True)
+channels_capacity = _channels_app(heartbeat=True)

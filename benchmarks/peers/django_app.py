@@ -8,6 +8,12 @@ verbatim.
 Both layers drop messages for a channel whose queue holds `capacity` of them (default 100);
 a burst of hundreds of messages would overflow it, so capacity is raised to 10,000 here, as
 a user expecting bursts would.
+
+redis-py 8 reads with a 5 s socket timeout by default; channels_redis 4.3's consumers wait
+in a blocking BZPOPMIN with a 5 s server-side timeout, so a consumer idle for about 5 s
+dies with `TimeoutError: Timeout reading from ...` and, with the process's shared receive
+loop, every consumer of that server stops receiving (django/channels_redis#422,
+redis/redis-py#4091). The redis host disables the client-side timeout, the documented fix.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ if not settings.configured:
         layer: dict[str, Any] = {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [os.environ["REDIS_URL"]],
+                "hosts": [{"address": os.environ["REDIS_URL"], "socket_timeout": None}],
                 "prefix": os.environ.get("REDIS_CHANNEL_PREFIX", "asgi:"),
                 "capacity": CAPACITY,
             },
