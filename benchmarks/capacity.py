@@ -16,7 +16,9 @@ Run A, every setting at its default (fastapi-channels keeps its heartbeat on: 30
      every connection, so it sees their steady state, not the quiet first seconds.
   4. broadcast: --capacity-broadcasts times, --capacity-spacing apart, one member sends a
      message for every connection of the server (`B<payload>`); first send -> last
-     delivery, p50/p99 over the broadcasts, and every delivery counted.
+     delivery, p50/p99 over the broadcasts, every delivery counted, the server's CPU per
+     broadcast (what grows with the connections) and the generators' CPU share (near 100%:
+     they, not the server, set the broadcast time).
 Run B, a short heartbeat (--capacity-hb-interval / --capacity-hb-timeout: a client silent
 for about the timeout is dropped):
   5. cleanup: one generator process holding --capacity-vanish members is stopped
@@ -27,8 +29,8 @@ for about the timeout is dropped):
      uvicorn's keepalive (--ws-ping-interval / --ws-ping-timeout); python-socketio:
      Engine.IO's ping_interval / ping_timeout.
 
-`python -m benchmarks.run --workload capacity --capacity-sizes 5000,10000,19000` runs it;
-the rows go to the report and to --json under "capacity".
+`python -m benchmarks.run --workload capacity --capacity-sizes 5000,10000,19000` runs it:
+one row per system and size, in run.py's summary (and --json) with workload "capacity".
 """
 
 from __future__ import annotations
@@ -382,21 +384,22 @@ def measure_load(case: harness.Case, args: argparse.Namespace, size: int, workdi
             durations: list[float] = []
             loadgen_shares: list[float] = []  # the generators' CPU over a broadcast / its duration
             lost = unexpected = 0
-            cpu_before = harness.cpu_seconds(pids)
+            cpu_before, phase_started = harness.cpu_seconds(pids), time.monotonic()
             for index in range(args.capacity_broadcasts):
                 if index:
                     time.sleep(args.capacity_spacing)
                 fleet.tell(f"broadcast {index}")
                 replies = fleet.replies("broadcast")
-                sent_at = next(r["sent_at"] for r in replies if r["sent_at"] is not None)
+                sent_at = next((r["sent_at"] for r in replies if r["sent_at"] is not None), None)
                 lasts = [r["last_receipt"] for r in replies if r["last_receipt"] is not None]
                 lost += sum(r["expected"] - r["received"] for r in replies)
                 unexpected = max(unexpected, sum(r["unexpected"] for r in replies))
-                if lasts:
+                if lasts and sent_at is not None:  # None: the sender's generator holds no member
                     durations.append(max(lasts) - sent_at)
                     loadgen_shares.append(sum(r["cpu_s"] for r in replies) / max(durations[-1], 1e-9))
-            # The spacing's idle CPU is in here too: idle_cpu_percent of it, a rounding error.
-            broadcast_cpu = harness.cpu_seconds(pids) - cpu_before
+            # The background load (keepalive pings) runs on meanwhile, spacing included: at
+            # idle_cpu_percent of broadcast_phase_s, the amount to take off for the broadcasts alone.
+            broadcast_cpu, phase = harness.cpu_seconds(pids) - cpu_before, time.monotonic() - phase_started
         finally:
             fleet.close()
     timing = report.percentiles(sorted(durations))
@@ -430,6 +433,7 @@ def measure_load(case: harness.Case, args: argparse.Namespace, size: int, workdi
         "broadcast_p99_ms": timing["p99_ms"],
         "broadcast_lost": lost,
         "broadcast_server_cpu_ms": round(broadcast_cpu / max(len(durations), 1) * 1000, 1),
+        "broadcast_phase_s": round(phase, 2),
         "broadcast_loadgen_cpu_share": round(statistics.median(loadgen_shares or [0.0]), 2),
         "unexpected_frames": unexpected,
         "server_tracebacks": tracebacks(log),

@@ -113,18 +113,23 @@ async def setup_reply(dialect: Dialect, client: WireClient) -> bytes:
 
 
 async def open_member(dialect: Dialect, url: str, groups: list[str]) -> WireClient:
-    """Connect and join each group in turn (one `joined` per join)."""
+    """Connect and join each group in turn (one `joined` per join); drop the socket on a failure."""
     client = await connect(url)
-    if dialect.socketio:
-        opening = await client.expect()
-        assert opening.startswith(b"0{"), opening
-        client.send_text("40")
-        reply = await setup_reply(dialect, client)
-        assert reply.startswith(b"40"), reply
-    for group in groups:
-        client.send_text(dialect.join(group))
-        reply = await setup_reply(dialect, client)
-        assert dialect.joined(reply), reply
+    try:
+        if dialect.socketio:
+            opening = await client.expect()
+            assert opening.startswith(b"0{"), opening
+            client.send_text("40")
+            reply = await setup_reply(dialect, client)
+            assert reply.startswith(b"40"), reply
+        for group in groups:
+            client.send_text(dialect.join(group))
+            reply = await setup_reply(dialect, client)
+            assert dialect.joined(reply), reply
+    except BaseException:
+        if client.transport is not None:
+            client.transport.abort()
+        raise
     return client
 
 

@@ -110,7 +110,7 @@ def render(rows: Sequence[dict[str, Any]], workloads: Mapping[str, WorkloadLike]
         mine = [row for row in rows if row["workload"] == name]
         if not mine:
             continue
-        if name == "capacity":  # a study over sizes: its own tables
+        if is_capacity_study(mine):  # a study over sizes: its own tables
             sections.append(render_capacity(mine))
             continue
         redis = "redis_commands_per_send" in mine[0]
@@ -169,6 +169,11 @@ def _idle(row: dict[str, Any]) -> str:
     return f"{row['idle_cpu_percent']}" + (f" ({pings:,} heartbeat pings)" if pings is not None else "")
 
 
+def is_capacity_study(rows: Sequence[dict[str, Any]]) -> bool:
+    """Rows of the capacity study (issue 17), not the W4 rounds of a run made before it."""
+    return "idle_cpu_percent" in rows[0]
+
+
 def render_capacity(rows: Sequence[dict[str, Any]]) -> str:
     """W4: one Markdown table per size, and the cleanup settings of each system under it."""
     sections = []
@@ -211,9 +216,9 @@ def render_capacity(rows: Sequence[dict[str, Any]]) -> str:
             for r in mine
         ]
         settings = "; ".join(f"{r['system']}: {r['cleanup_by']}" for r in mine)
-        title = (
-            f"### W4 capacity: {size:,} connections on one server ({mine[0]['loadgens']} generator processes)"
-        )
+        loadgens = mine[0]["loadgens"]
+        processes = f"{loadgens} generator process{'es' if loadgens != 1 else ''}"
+        title = f"### W4 capacity: {size:,} connections on one server ({processes})"
         sections.append(f"{title}\n\n{_table(header, lines)}\n\nCleanup settings: {settings}.")
     return "\n\n".join(sections)
 
@@ -248,7 +253,7 @@ def capacity_chart(rows: Sequence[dict[str, Any]], directory: Path) -> Path:
     axes[0].legend(fontsize=8)
     figure.suptitle("W4 capacity (lower is better)")
     figure.tight_layout()
-    path = directory / "capacity.png"
+    path = directory / "capacity_curve.png"  # capacity.png: the W4 bars of runs before the study
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
@@ -270,7 +275,7 @@ def charts(
         mine = [row for row in rows if row["workload"] == name]
         if not mine:
             continue
-        if name == "capacity":
+        if is_capacity_study(mine):
             written.append(capacity_chart(mine, directory))
             continue
         key, low, high = "deliveries_per_s", "min", "max"

@@ -71,7 +71,7 @@ def test_the_capacity_study_measures_every_phase_at_tiny_sizes(tmp_path: Path) -
     assert saved["summary"] == rows
     tables = report.render(saved["summary"], run.WORKLOADS)
     assert tables.count("### W4 capacity: ") == 2 and "(as expected)" in tables
-    assert [path.name for path in (tmp_path / "charts").iterdir()] == ["capacity.png"]
+    assert [path.name for path in (tmp_path / "charts").iterdir()] == ["capacity_curve.png"]
 
 
 def test_members_are_split_evenly_over_as_few_generators_as_the_file_limit_allows() -> None:
