@@ -301,6 +301,12 @@ class Connection:
     def is_open(self) -> bool:
         return self.state is ConnectionState.OPEN
 
+    def hand_keepalive_to_heartbeat(self) -> None:
+        """Fast path: make the heartbeat sweep this connection's only keepalive (see
+        `FrameWriter.hand_keepalive_to_heartbeat`). The ASGI path cannot reach uvicorn's."""
+        if self._fast is not None:
+            self._fast.hand_keepalive_to_heartbeat()
+
     @property
     def uses_fast_path(self) -> bool:
         """True when frames go straight to the transport (see `fastapi_channels.fastpath`)."""

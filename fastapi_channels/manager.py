@@ -515,6 +515,8 @@ class ConnectionManager:
         connection.start()
         if connection.uses_fast_path:
             self._fast_channels.add(channel_name)
+            if self.config.WS_ENABLE_HEARTBEAT:
+                connection.hand_keepalive_to_heartbeat()
         return connection
 
     async def _drop_admitting(self, user_id: str | None) -> None:

@@ -6,10 +6,14 @@ protocol-level pings, and that must not count."""
 from __future__ import annotations
 
 import asyncio
+import json
+
+import pytest
 
 from tests.support.client import Client
 from tests.support.eventually import eventually
-from tests.support.serving import StartServer
+from tests.support.raw_socket import OP_PING, OP_PONG, OP_TEXT, RawSocket
+from tests.support.serving import FAST, SANSIO, StartServer
 
 HEARTBEAT = {"WS_HEARTBEAT_INTERVAL": 0.2, "WS_HEARTBEAT_TIMEOUT": 0.6}
 
@@ -71,3 +75,53 @@ async def test_with_the_heartbeat_off_a_silent_client_stays_open(start_server: S
         assert off_manager.get_connection(quiet.channel_name) is not None
         stats = off_manager.get_stats()
         assert stats["heartbeat_pings"] == 0 and stats["heartbeat_closes"] == 0
+
+
+async def frames_until(raw: RawSocket, heartbeat_pings: int, protocol_pings: int) -> tuple[int, int]:
+    """Read (answering every ping, JSON or protocol) until either count is reached: both counts."""
+    json_seen = protocol_seen = 0
+    while json_seen < heartbeat_pings and protocol_seen < protocol_pings:
+        opcode, payload = await asyncio.wait_for(raw.read_frame(), 5)
+        if opcode == OP_PING:
+            protocol_seen += 1
+            await raw.send_frame(payload, OP_PONG)
+        elif opcode == OP_TEXT and json.loads(payload).get("type") == "ping":
+            json_seen += 1
+            await raw.send_frame(b'{"type": "pong"}')
+    return json_seen, protocol_seen
+
+
+async def test_on_the_fast_path_the_heartbeat_is_the_only_keepalive(start_server: StartServer) -> None:
+    """uvicorn would ping every 0.05 s here: its timers are stopped for a fast-path connection
+    the heartbeat watches, so the client sees our pings (answered: it stays open) and no other."""
+    async with start_server(
+        ws=FAST, uvicorn={"ws_ping_interval": 0.05, "ws_ping_timeout": 5}, WS_HEARTBEAT_INTERVAL=0.3
+    ) as (server, manager):
+        raw = await RawSocket.open(server.port, "/ws/raw")
+        try:
+            assert (await raw.next_json())["type"] == "hello"
+            assert await frames_until(raw, heartbeat_pings=3, protocol_pings=1) == (3, 0)
+            assert len(manager.registry) == 1
+        finally:
+            await raw.close()
+
+
+@pytest.mark.parametrize(
+    ("ws", "heartbeat"), [(SANSIO, True), (FAST, False)], ids=["asgi-path", "fastpath-heartbeat-off"]
+)
+async def test_otherwise_uvicorns_keepalive_stays(
+    start_server: StartServer, ws: str, heartbeat: bool
+) -> None:
+    """The ASGI path cannot reach uvicorn's timers, and with the heartbeat off they are all there is."""
+    async with start_server(
+        ws=ws,
+        uvicorn={"ws_ping_interval": 0.05, "ws_ping_timeout": 5},
+        WS_ENABLE_HEARTBEAT=heartbeat,
+        WS_HEARTBEAT_INTERVAL=30,
+    ) as (server, _):
+        raw = await RawSocket.open(server.port, "/ws/raw")
+        try:
+            assert (await raw.next_json())["type"] == "hello"
+            assert await frames_until(raw, heartbeat_pings=1, protocol_pings=3) == (0, 3)
+        finally:
+            await raw.close()
