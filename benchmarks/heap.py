@@ -25,46 +25,11 @@ import os
 import resource
 import sys
 import tracemalloc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
-
-from benchmarks.protocol import parse
-
 FAST = "fastapi_channels.fastpath:FastWebSocketProtocol"
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def channels_app() -> Starlette:
-    """fastapi-channels as a user would run it: default settings, heartbeat included."""
-    from fastapi_channels import ConnectionManager, WSConfig
-
-    manager = ConnectionManager(WSConfig(LOG_STATS=False))
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await manager.start_tasks()
-        yield
-        await manager.stop_tasks()
-
-    async def endpoint(websocket: WebSocket) -> None:
-        connection = await manager.connect(websocket)
-        name = connection.channel_name
-        try:
-            while True:
-                action, group, _ = parse(await websocket.receive_text())
-                if action == "join":
-                    await manager.join_group(name, group)
-                    await manager.send_personal(name, "joined")
-        except WebSocketDisconnect:
-            await manager.disconnect(name)
-
-    return Starlette(routes=[WebSocketRoute("/ws", endpoint)], lifespan=lifespan)
 
 
 def rss() -> int:
@@ -73,8 +38,8 @@ def rss() -> int:
 
 
 def load_app(target: str) -> Any:
-    if target == "channels":
-        return channels_app()
+    if target == "channels":  # as a user runs it: default settings, heartbeat included
+        target = "benchmarks.systems:channels_capacity"
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 

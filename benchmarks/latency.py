@@ -354,20 +354,7 @@ class Ladder:
 
 def selected(args: argparse.Namespace, name: str) -> list[LatencyCase]:
     """The cases of `name` that --systems, --no-peers and the installed packages leave."""
-    chosen = []
-    for case in cases(name):
-        if case.peer and not args.peers:
-            continue
-        if args.systems and not any(word in case.label for word in args.systems):
-            continue
-        if case.missing:
-            note = f"{case.label} ({name}) needs {', '.join(case.missing)}: pip install .[bench]"
-            if args.require_peers and case.peer:
-                raise SystemExit(f"error: {note}")
-            print(f"  skipped {note}", file=sys.stderr)
-            continue
-        chosen.append(case)
-    return chosen
+    return [case for case in cases(name) if run.chosen(args, case, name)]
 
 
 def run_workloads(args: argparse.Namespace, names: Sequence[str]) -> list[dict[str, Any]]:

@@ -615,23 +615,28 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+def chosen(args: argparse.Namespace, case: Case, workload: str) -> bool:
+    """Whether --systems, --no-peers and the installed packages leave `case` in the run; a
+    missing peer is reported (fatal with --require-peers)."""
+    if case.peer and not args.peers:
+        return False
+    if args.systems and not any(name in case.label for name in args.systems):
+        return False
+    if case.missing:
+        note = f"{case.label} ({workload}) needs {', '.join(case.missing)}: pip install .[bench]"
+        if args.require_peers and case.peer:
+            raise SystemExit(f"error: {note}")
+        print(f"  skipped {note}", file=sys.stderr)
+        return False
+    return True
+
+
 def selected(args: argparse.Namespace, workload: str) -> list[Case]:
-    cases = []
-    for case in CASES[workload]:
-        if case.ws == "websockets" and not args.all_ws:
-            continue
-        if case.peer and not args.peers:
-            continue
-        if args.systems and not any(name in case.label for name in args.systems):
-            continue
-        if case.missing:
-            note = f"{case.label} ({workload}) needs {', '.join(case.missing)}: pip install .[bench]"
-            if args.require_peers and case.peer:
-                raise SystemExit(f"error: {note}")
-            print(f"  skipped {note}", file=sys.stderr)
-            continue
-        cases.append(case)
-    return cases
+    return [
+        case
+        for case in CASES[workload]
+        if (case.ws != "websockets" or args.all_ws) and chosen(args, case, workload)
+    ]
 
 
 def run(args: argparse.Namespace) -> Results:
