@@ -33,9 +33,10 @@ class WSConfig(BaseSettings):
     # Backend selection
     BACKEND_TYPE: Literal["memory", "redis"] = "memory"
     REDIS_URL: str = "redis://localhost:6379/0"
-    # How the Redis is reached: one server at REDIS_URL, or the master that Redis Sentinel names
-    # (REDIS_URL then gives only the password, user name, db and rediss://, not the host)
-    REDIS_MODE: Literal["standalone", "sentinel"] = "standalone"
+    # How the Redis is reached: one server at REDIS_URL; the master that Redis Sentinel names
+    # (REDIS_URL then gives only the password, user name, db and rediss://, not the host); or a
+    # Redis Cluster, REDIS_URL naming any of its nodes
+    REDIS_MODE: Literal["standalone", "sentinel", "cluster"] = "standalone"
     REDIS_SENTINELS: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
     """Sentinels as `host:port,host:port` (required with REDIS_MODE=sentinel)."""
     REDIS_SENTINEL_MASTER: str = ""
@@ -124,8 +125,6 @@ class WSConfig(BaseSettings):
     @field_validator("REDIS_MODE", mode="before")
     @classmethod
     def _check_redis_mode(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().lower() == "cluster":
-            raise ValueError("'cluster' is not supported yet: use 'standalone' or 'sentinel'")
         return value.strip().lower() if isinstance(value, str) else value
 
     # The sentinel checks are field validators (defaults are validated too), not a model
@@ -137,6 +136,17 @@ class WSConfig(BaseSettings):
     def _sentinel_needs_a_host_url(cls, value: str, info: ValidationInfo) -> str:
         if value == "sentinel" and str(info.data.get("REDIS_URL", "")).startswith("unix:"):
             raise ValueError("sentinel mode needs a redis:// or rediss:// REDIS_URL (sentinels name a host)")
+        if value == "cluster" and str(info.data.get("REDIS_URL", "")).startswith("unix:"):
+            raise ValueError("cluster mode needs a redis:// or rediss:// REDIS_URL naming one of the nodes")
+        return value
+
+    @field_validator("REDIS_CHANNEL_PREFIX")
+    @classmethod
+    def _prefix_is_a_hash_tag_on_a_cluster(cls, value: str, info: ValidationInfo) -> str:
+        # On a cluster the prefix becomes every key's hash tag, `{<prefix>}`: a brace inside it
+        # would end the tag early or start another, and the keys would scatter over slots.
+        if info.data.get("REDIS_MODE") == "cluster" and ("{" in value or "}" in value):
+            raise ValueError("in cluster mode the prefix is the keys' hash tag: it cannot hold '{' or '}'")
         return value
 
     @field_validator("REDIS_SENTINELS", mode="before")

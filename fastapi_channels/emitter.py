@@ -106,7 +106,7 @@ class _Core:
             )
         self.url = self.config.REDIS_URL
         self.target = RedisTarget.from_config(self.config)
-        self.keys = RedisKeys(self.config.REDIS_CHANNEL_PREFIX, "")
+        self.keys = RedisKeys(self.target.key_prefix(self.config.REDIS_CHANNEL_PREFIX), "")
         self.serializer = get_serializer(self.config.WS_SERIALIZER, allow_pickle=self.config.WS_ALLOW_PICKLE)
         self.strict = self.config.WS_STRICT_DELIVERY
         self.history = HistoryPolicy(
@@ -258,7 +258,7 @@ class Emitter:
         self._core = _Core(ws_config)
         self._client = async_client(self._core.target, **_POOL_OPTIONS)
         self._scripts = {
-            name: self._client.register_script(load_script(name))
+            name: self._client.register_script(load_script(name, sharded=self._core.target.sharded))
             for name in (PUBLISH_SCRIPT, PUBLISH_HISTORY_SCRIPT)
         }
 
@@ -372,7 +372,7 @@ class SyncEmitter:
         self._core = _Core(ws_config)
         self._client = sync_client(self._core.target, **_POOL_OPTIONS)
         self._scripts = {
-            name: self._client.register_script(load_script(name))
+            name: self._client.register_script(load_script(name, sharded=self._core.target.sharded))
             for name in (PUBLISH_SCRIPT, PUBLISH_HISTORY_SCRIPT)
         }
 

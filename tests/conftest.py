@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.redis_cluster import ClusterDeployment
 from tests.support.redis_server import RedisProcess
 from tests.support.serving import LogCapture, Running, StartServer, start_test_app
 
@@ -20,6 +21,32 @@ def redis_server() -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterDeployment]:
+    """A Redis Cluster of the session's own (three masters, a replica each), for the tests
+    that run with REDIS_MODE=cluster; started on first use. Tests that kill nodes start their own."""
+    deployment = ClusterDeployment(masters=3, replicas=1)
+    deployment.start()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[ClusterDeployment]:
+    """A Redis Cluster this test may kill nodes of (three masters, a replica each)."""
+    deployment = ClusterDeployment(masters=3, replicas=1)
+    deployment.start()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def topology() -> str:
+    """The Redis that the multi-server `cluster` fixture's servers share: "standalone" (the
+    session's redis-server) unless a module overrides it with "cluster" (the Redis Cluster)."""
+    return "standalone"
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from fastapi_channels import routing
 from fastapi_channels.backends.base import Admission, BaseBackend, Delivery, MessageHandler
-from fastapi_channels.backends.redis_connect import RedisTarget, async_client
+from fastapi_channels.backends.redis_connect import RedisTarget, async_client, home_pubsub
 from fastapi_channels.backends.redis_keys import RedisKeys
 from fastapi_channels.backends.redis_reader import PubSubReader, ReaderState
 from fastapi_channels.backends.redis_state import ClusterState
@@ -36,6 +36,8 @@ from fastapi_channels.exceptions import BackendError
 from fastapi_channels.history import HistoryEntry, HistoryRead
 
 if TYPE_CHECKING:
+    from redis.asyncio.client import PubSub
+
     from fastapi_channels.config import WSConfig
 
 __all__ = ["RedisBackend"]
@@ -71,7 +73,7 @@ class RedisBackend(BaseBackend):
         super().__init__()
         self.target = target if target is not None else RedisTarget(url)
         self.url = self.target.url
-        self.prefix = prefix
+        self.prefix = self.target.key_prefix(prefix)  # a hash tag on a cluster: one slot for all
         self.registry_expiry = registry_expiry
         self.group_expiry = group_expiry
         self.reconnect_attempts = reconnect_attempts
@@ -83,7 +85,7 @@ class RedisBackend(BaseBackend):
             if self_check_interval is not None
             else max(0.5, min(2.0, registry_expiry / 3))
         )
-        self.keys = RedisKeys(prefix, "")
+        self.keys = RedisKeys(self.prefix, "")
         self.server_id = ""
         self._client: Redis | None = None
         self._handler: MessageHandler | None = None
@@ -101,9 +103,11 @@ class RedisBackend(BaseBackend):
             registry_expiry=self.registry_expiry,
             group_expiry=self.group_expiry,
             resync_window=self.resync_window,
-            # Behind Sentinel a promoted replica may lack the old master's last writes: the
-            # heartbeat then finds another Redis process under the state and treats it as lost.
-            check_writer=self.target.mode == "sentinel",
+            # Behind Sentinel or in a cluster a promoted replica may lack the old master's last
+            # writes: the heartbeat then finds another Redis process under the state and treats
+            # it as lost.
+            check_writer=self.target.mode != "standalone",
+            sharded=self.target.sharded,
         )
 
     @classmethod
@@ -155,12 +159,13 @@ class RedisBackend(BaseBackend):
             await self.state.retire()
             await self._until_trusted()
             self.reader = PubSubReader(
-                lambda: self.client,
+                self._open_pubsub,
                 channel_prefix=self.prefix,
                 probe_channel=self.keys.probe,
                 on_message=self._deliver,
                 on_event=self._on_reader_event,
                 confirm_timeout=_SUBSCRIBE_CONFIRM_TIMEOUT,
+                sharded=self.target.sharded,
             )
             await self.reader.start()
         except BaseException:
@@ -170,6 +175,13 @@ class RedisBackend(BaseBackend):
         self._keeper = asyncio.get_running_loop().create_task(
             self._keep_loop(), name="fastapi-channels-redis-keeper"
         )
+
+    async def _open_pubsub(self) -> PubSub:
+        """A new pub/sub connection for the reader: on a cluster, to the master serving the
+        slot of our channels (found anew each time: it changes with a failover)."""
+        if self.target.sharded:
+            return await home_pubsub(self.client, self.keys.probe)
+        return self.client.pubsub()
 
     async def _until_trusted(self) -> None:
         """Register, and wait out a resync window in progress (Redis just lost, or may have
@@ -410,7 +422,10 @@ class RedisBackend(BaseBackend):
                 reader.reconnect(RuntimeError("self-check probe not delivered"))
             return
         self._probe_sent = now
-        await self.client.publish(self.keys.probe, b"probe")
+        if self.target.sharded:
+            await self.client.spublish(self.keys.probe, b"probe")
+        else:
+            await self.client.publish(self.keys.probe, b"probe")
 
     # --- connections ---------------------------------------------------------------------------
     async def add_connection(

@@ -1,10 +1,10 @@
 """Building Redis clients from the settings: the one place that knows REDIS_MODE.
 
 Every process that talks to the cluster's Redis (a server's backend and its pub/sub reader,
-the emitters, an app's own client for the shared rate limit) gets its client here, so a mode
-added later (cluster) changes one module. In both modes a client has a bounded pool that
-makes callers wait for a free connection, and no automatic retries: a retried PUBLISH could
-deliver twice, so a failure surfaces to the caller as an error instead.
+the emitters, an app's own client for the shared rate limit) gets its client here. In every
+mode a client bounds its connections and makes callers wait for a free one, and never retries
+on its own: a retried PUBLISH could deliver twice, so a failure surfaces to the caller as an
+error instead.
 
 `standalone`: one Redis at REDIS_URL. `sentinel`: every new connection asks the sentinels
 (redis-py's own Sentinel client) which server is the master now, so after a failover the
@@ -12,6 +12,12 @@ next connection, and the pub/sub reader's next reconnect, reach the promoted rep
 REDIS_URL then gives the master connections their password, user name, db and TLS
 (rediss://); its host and port are not used. The sentinels take REDIS_SENTINEL_PASSWORD
 (their own `requirepass`), none when it is empty.
+
+`cluster`: REDIS_URL names any node of a Redis Cluster; redis-py's RedisCluster finds the
+rest and follows MOVED and ASK redirections (a redirected command had not run, so following
+one is no retry). Every key of ours carries one hash tag, the key prefix (`key_prefix`), so
+each script's keys live in one slot, and topics travel over sharded pub/sub (SPUBLISH) in
+that slot too. The pub/sub reader subscribes on that slot's master (`home_pubsub`).
 
 Not for choosing *what* to send: the backend and `redis_publish` do that.
 """
@@ -31,7 +37,7 @@ if TYPE_CHECKING:
 
     from fastapi_channels.config import WSConfig
 
-__all__ = ["RedisTarget", "async_client", "sync_client"]
+__all__ = ["RedisTarget", "async_client", "home_pubsub", "sync_client"]
 
 SENTINEL_TIMEOUT = 2.0
 """Seconds to connect to, or wait for an answer from, one sentinel. A sentinel that does not
@@ -46,7 +52,7 @@ class RedisTarget:
     """
 
     url: str = "redis://localhost:6379/0"
-    mode: Literal["standalone", "sentinel"] = "standalone"
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = ""
     sentinel_password: str = ""
@@ -69,7 +75,20 @@ class RedisTarget:
         if self.mode == "sentinel":
             hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
             return f"the master {self.master!r} of the sentinels {hosts}"
+        if self.mode == "cluster":
+            return f"the Redis Cluster of {redact_url(self.url)}"
         return redact_url(self.url)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether topics travel over sharded pub/sub (SPUBLISH, SSUBSCRIBE): a cluster's."""
+        return self.mode == "cluster"
+
+    def key_prefix(self, prefix: str) -> str:
+        """The prefix every key and channel starts with. On a cluster it is a hash tag, so all
+        of them hash to one slot: a script may then touch any of them, and SPUBLISH from a
+        script reaches a channel of that slot. (WSConfig refuses braces in the prefix.)"""
+        return "{" + prefix + "}" if self.mode == "cluster" else prefix
 
     def _master_options(self) -> dict[str, Any]:
         """REDIS_URL's password, user name, db, TLS and query options, without its host."""
@@ -190,8 +209,122 @@ def async_client(
             **{**settings, **target._master_options()},
         )
         return client
+    if target.mode == "cluster":
+        return _async_cluster_client(target, settings)  # type: ignore[no-any-return]
     pool = redis.asyncio.BlockingConnectionPool.from_url(target.url, **settings)
     return redis.asyncio.Redis.from_pool(pool)  # the client owns and closes the pool
+
+
+@cache
+def _waiting_cluster() -> type[Any]:
+    """redis-py's asyncio RedisCluster, with callers waiting for a free connection.
+
+    RedisCluster caps each node's connections and fails a command at once past the cap
+    (MaxConnectionsError); the standalone pool makes the caller wait instead. Commands wait
+    here for one of `max_connections` slots, up to `timeout` seconds, so a burst queues as it
+    does on one Redis, and no node ever holds more connections than that.
+    """
+    from redis.asyncio import RedisCluster
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class WaitingCluster(RedisCluster):
+        def __init__(self, *args: Any, wait_timeout: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._wait_timeout = wait_timeout
+            self._free = asyncio.Semaphore(kwargs["max_connections"])
+
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                async with asyncio.timeout(self._wait_timeout):
+                    await self._free.acquire()
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no free Redis connection within {self._wait_timeout:g}s"
+                ) from None
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                self._free.release()
+
+    return WaitingCluster
+
+
+def _async_cluster_client(target: RedisTarget, settings: dict[str, Any]) -> Any:
+    """A RedisCluster where a Redis is expected: every command and script call the library
+    makes has the same signature on both (typed Any, as RedisCluster is no Redis subclass)."""
+    from redis.asyncio.connection import parse_url
+
+    options = {**settings, **dict(parse_url(target.url))}
+    wait_timeout = options.pop("timeout")
+    if options.pop("connection_class", None) is not None:
+        options["ssl"] = True  # rediss://
+    options.pop("db", None)  # a cluster has only db 0 (REDIS_URL's /0 is accepted)
+    return _waiting_cluster()(
+        wait_timeout=wait_timeout,
+        # A MOVED updates the slot it names; redis-py's periodic full refresh on MOVED closes
+        # every node's connections under the commands in flight, so it is off. A lost node
+        # still makes the next command refresh the whole map.
+        reinitialize_steps=0,
+        **options,
+    )
+
+
+@cache
+def _redis_parameters() -> frozenset[str]:
+    """What a standalone asyncio Redis takes: a cluster node's connection settings hold more
+    (its own bookkeeping), which a plain client refuses."""
+    import inspect
+
+    import redis.asyncio
+
+    return frozenset(inspect.signature(redis.asyncio.Redis.__init__).parameters)
+
+
+async def home_pubsub(cluster: Any, home_key: str) -> redis.asyncio.client.PubSub:
+    """A pub/sub connection to the master serving `home_key`'s slot: sharded pub/sub is per
+    shard, and SSUBSCRIBE there hears every SPUBLISH to a channel of that slot.
+
+    The slot map is asked of the nodes each time (CLUSTER SLOTS, one node after another until
+    one answers), not taken from the client's cache: after a failover this is how the reader
+    finds the promoted replica, without making the shared client drop the connections its
+    commands are using. The connection takes the client's settings (password, TLS, timeouts).
+    """
+    import redis.asyncio
+    from redis.asyncio.connection import SSLConnection
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.crc import key_slot
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+
+    if not cluster.nodes_manager.nodes_cache:
+        await cluster.initialize()
+    slot = key_slot(home_key.encode())
+    nodes = list(cluster.nodes_manager.nodes_cache.values())
+    failure: BaseException | None = None
+    for node in nodes:
+        try:
+            slots = await cluster.execute_command("CLUSTER SLOTS", target_nodes=node)
+        except (RedisError, OSError) as exc:
+            failure = exc
+            continue
+        master = next((shard["primary"] for (low, high), shard in slots.items() if low <= slot <= high), None)
+        if master is None:
+            failure = RedisError(f"no master serves slot {slot} (a failover under way?)")
+            continue
+        accepted = _redis_parameters()
+        options = {
+            key: value
+            for key, value in node.connection_kwargs.items()
+            if key in accepted and key not in {"host", "port", "retry"}
+        }
+        if issubclass(node.connection_class, SSLConnection):
+            options["ssl"] = True
+        client = redis.asyncio.Redis(
+            host=master[0], port=int(master[1]), retry=Retry(NoBackoff(), 0), **options
+        )
+        return client.pubsub()
+    raise RedisConnectionError(f"no node of the cluster answered CLUSTER SLOTS: {failure}")
 
 
 def sync_client(
@@ -227,5 +360,15 @@ def sync_client(
             **{**settings, **target._master_options()},
         )
         return client
+    if target.mode == "cluster":
+        from redis.connection import parse_url
+
+        options = {**settings, **dict(parse_url(target.url))}  # type: ignore[no-untyped-call]
+        options.pop("timeout")  # no pool to wait for: a SyncEmitter's threads are few
+        options.pop("db", None)
+        if options.pop("connection_class", None) is not None:
+            options["ssl"] = True
+        cluster: Any = redis.RedisCluster(reinitialize_steps=0, **options)  # Redis's commands, as above
+        return cluster  # type: ignore[no-any-return]
     pool = redis.BlockingConnectionPool.from_url(target.url, **settings)
     return redis.Redis.from_pool(pool)

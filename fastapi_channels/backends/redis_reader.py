@@ -5,6 +5,11 @@ current connection. Every (re)connect subscribes to every wanted topic in one co
 counts the acknowledgements; `subscribe()` returns only once its topic is confirmed (or
 raises), and no lock is held while it waits, so one slow confirmation never queues others.
 
+On a Redis Cluster (`sharded`) the same connection goes to the master of the slot all our
+channels hash to, and speaks sharded pub/sub (SSUBSCRIBE, `smessage`). When that slot moves
+(a failover, a resharding), Redis ends the subscriptions with a `sunsubscribe` nobody asked
+for: the reader takes it as a lost connection and subscribes again wherever the slot is now.
+
 Not for cluster state or publishing: `redis_state` and the backend do that.
 """
 
@@ -14,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -22,7 +27,6 @@ from fastapi_channels.backends.redis_keys import pubsub_channel
 from fastapi_channels.exceptions import BackendError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
 __all__ = ["PubSubReader", "ReaderState"]
@@ -48,15 +52,18 @@ class PubSubReader:
 
     def __init__(
         self,
-        client: Callable[[], Redis],
+        open_pubsub: Callable[[], Awaitable[PubSub]],
         *,
         channel_prefix: str,
         probe_channel: str,
         on_message: Callable[[str, bytes], None],
         on_event: Callable[[str, BaseException | None], None],
         confirm_timeout: float = 5.0,
+        sharded: bool = False,
     ) -> None:
-        self._client = client
+        """`open_pubsub` makes a new pub/sub connection (not yet connected) for each attempt."""
+        self._open = open_pubsub
+        self.sharded = sharded
         self._prefix = channel_prefix
         self._probe = probe_channel.encode()
         self._on_message = on_message
@@ -180,7 +187,9 @@ class PubSubReader:
         self._unacked[topic] = self._unacked.get(topic, 0) + 1
         channel = self.channel(topic)
         try:
-            if subscribe:
+            if self.sharded:
+                await (pubsub.ssubscribe(channel) if subscribe else pubsub.sunsubscribe(channel))
+            elif subscribe:
                 await pubsub.subscribe(channel)
             else:
                 await pubsub.unsubscribe(channel)
@@ -204,8 +213,9 @@ class PubSubReader:
     async def _run(self) -> None:
         failures = 0  # failed attempts since the connection was last confirmed
         while True:
-            pubsub = self._client().pubsub()
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._open()
                 await self._connect(pubsub)
                 await self._dispatch(pubsub)
             except asyncio.CancelledError:
@@ -243,7 +253,10 @@ class PubSubReader:
         self._on_wire = dict.fromkeys(topics, True)
         self._unacked = dict.fromkeys(topics, 1)
         self._initial = set(channels)
-        await pubsub.subscribe(*channels)
+        if self.sharded:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
         # redis-py would subscribe this connection again by itself if it reconnected it: the
         # reader makes a new one instead, and two subscriptions of one server would count twice.
         connection = pubsub.connection
@@ -266,13 +279,19 @@ class PubSubReader:
                 continue
             kind = message["type"]
             channel = message["channel"]
-            if kind == "message":
+            if kind == "message" or kind == "smessage":
                 topic = topic_of.get(channel)
                 if topic is not None:
                     handler(topic, message["data"])
                 elif channel == probe:
                     self.probe_seen = time.monotonic()
-            elif kind == "subscribe" or kind == "unsubscribe":
+            elif kind == "subscribe" or kind == "unsubscribe" or kind == "ssubscribe":
+                self._acknowledged(channel)
+            elif kind == "sunsubscribe":
+                topic = topic_of.get(channel)
+                if channel == probe or topic is None or not self._unacked.get(topic):
+                    # Nobody asked: the slot moved to another shard (failover, resharding).
+                    raise ConnectionError("the cluster moved our channels' slot: subscribing again")
                 self._acknowledged(channel)
 
     def _acknowledged(self, channel: bytes) -> None:

@@ -60,10 +60,12 @@ _ADMISSION = {
 }
 
 
-def load_script(name: str) -> str:
-    """A script's source, with the shared helpers (`_lib.lua`) in front of it."""
+def load_script(name: str, *, sharded: bool = False) -> str:
+    """A script's source, with the shared helpers (`_lib.lua`) in front of it. `sharded`: it
+    publishes with SPUBLISH (a cluster's sharded pub/sub, in the slot of the script's keys)."""
     folder = resources.files("fastapi_channels.backends") / "scripts"
-    return (folder / "_lib.lua").read_text() + (folder / f"{name}.lua").read_text()
+    source = (folder / "_lib.lua").read_text() + (folder / f"{name}.lua").read_text()
+    return source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',") if sharded else source
 
 
 class ClusterState:
@@ -77,11 +79,14 @@ class ClusterState:
         group_expiry: int,
         resync_window: float,
         check_writer: bool = False,
+        sharded: bool = False,
     ) -> None:
         """`check_writer`: have the heartbeat check that the Redis process serving the state is
-        the one that wrote it (Sentinel: a promoted replica may lack the last writes)."""
+        the one that wrote it (Sentinel or a cluster: a promoted replica may lack the last
+        writes). `sharded`: the send scripts publish with SPUBLISH (a cluster)."""
         self.keys = keys
         self.check_writer = check_writer
+        self.sharded = sharded
         self.registry_expiry = registry_expiry
         self.group_expiry = group_expiry
         self.resync_window_ms = int(resync_window * 1000)
@@ -110,7 +115,9 @@ class ClusterState:
 
     def bind(self, client: Redis) -> None:
         self._client = client
-        self._scripts = {name: client.register_script(load_script(name)) for name in _SCRIPTS}
+        self._scripts = {
+            name: client.register_script(load_script(name, sharded=self.sharded)) for name in _SCRIPTS
+        }
 
     @property
     def client(self) -> Redis:

@@ -1,4 +1,5 @@
-"""Two or more server processes on one Redis behave like one server."""
+"""Two or more server processes on one Redis behave like one server: on a standalone Redis
+and on a Redis Cluster (REDIS_MODE=cluster), the same tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from websockets.exceptions import ConnectionClosed
 from tests.redis.conftest import ClusterFactory
 from tests.support.client import Client
 from tests.support.eventually import eventually
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def topology(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 async def cluster_view(base_url: str, group: str = "g", user: str = "u") -> dict:

@@ -10,18 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 
-from fastapi_channels import ConnectionManager, Emitter, SyncEmitter, WSConfig
+from fastapi_channels import ConnectionManager, SyncEmitter, WSConfig
 from fastapi_channels.exceptions import BackendError
 from fastapi_channels.testing import ServerHandle, free_port
 from tests.support.client import Client
+from tests.support.emitting import emitters_reach_a_member
 from tests.support.eventually import eventually
+from tests.support.failover import NumberedSender, Receiver
 from tests.support.redis_sentinel import MASTER_NAME, PASSWORD, SENTINEL_PASSWORD, SentinelDeployment
 from tests.support.serving import start_test_app
 
@@ -96,49 +97,8 @@ async def test_an_emitter_in_sentinel_mode_reaches_members_on_a_server(
     deployment: SentinelDeployment, redis_prefix: str
 ) -> None:
     async with servers(deployment, redis_prefix, count=1) as [(server, _)]:
-        member = await Client.open(server.ws_url, "carol")
-        await member.call("joined", op="join", group="news")
         config = WSConfig(**deployment.settings(), REDIS_CHANNEL_PREFIX=redis_prefix, LOG_STATS=False)
-        async with Emitter(config) as emitter:
-            await emitter.send_to_group("news", {"type": "group", "data": "from a worker"})
-            assert await emitter.send_to_user("carol", {"type": "user", "data": "for carol"}) == 1
-        with SyncEmitter(config) as blocking:
-            await asyncio.to_thread(blocking.broadcast, {"type": "broadcast", "data": "from a script"})
-        assert (await member.expect("group"))["data"] == "from a worker"
-        assert (await member.expect("user"))["data"] == "for carol"
-        assert (await member.expect("broadcast"))["data"] == "from a script"
-
-
-class Receiver:
-    """Reads a member's frames as they arrive and notes when each numbered group message came."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.arrived: dict[int, float] = {}
-        self.others: list[dict[str, Any]] = []  # every other JSON object frame, in order
-        self.task = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            frame = await self.client.next(timeout=60)
-            if not isinstance(frame, dict):
-                continue
-            if frame.get("type") == "group" and isinstance(frame.get("data"), int):
-                self.arrived.setdefault(frame["data"], time.monotonic())
-            else:
-                self.others.append(frame)
-
-    def other(self, kind: str, **fields: Any) -> dict[str, Any] | None:
-        """The first other frame of type `kind` with these fields, if one came."""
-        for frame in self.others:
-            if frame.get("type") == kind and all(frame.get(k) == v for k, v in fields.items()):
-                return frame
-        return None
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await emitters_reach_a_member(server, config)
 
 
 async def make_the_replica_miss_writes(
@@ -192,28 +152,9 @@ async def test_a_master_failover_loses_no_acknowledged_send_and_traffic_resumes(
         await asyncio.to_thread(emitter.send_to_group, "room", {"type": "group", "data": 0})
         await make_the_replica_miss_writes(deployment, redis_prefix, m1.server_id, clients[1].channel_name)
 
-        acked: list[tuple[int, float]] = []
-        errors: Counter[str] = Counter()
-        slowest = 0.0
-        sequence = 0
-
-        async def send_one() -> None:
-            nonlocal sequence, slowest
-            sequence += 1
-            started = time.monotonic()
-            try:
-                # The library's own deadlines (socket and pool timeouts, 10 s) bound a send; the
-                # test's bound is only there to fail instead of hanging.
-                await asyncio.wait_for(m0.send_to_group("room", {"type": "group", "data": sequence}), 15)
-            except BackendError as error:
-                assert error.retryable, error
-                errors[error.error_code] += 1
-            else:
-                acked.append((sequence, time.monotonic()))
-            slowest = max(slowest, time.monotonic() - started)
-
+        sender = NumberedSender(m0, "room")
         for _ in range(20):
-            await send_one()
+            await sender.send_one()
             await asyncio.sleep(0.01)
         deployment.master.kill()
         killed_at = time.monotonic()
@@ -221,24 +162,24 @@ async def test_a_master_failover_loses_no_acknowledged_send_and_traffic_resumes(
         assert await Client.open_refused(s1.ws_url, "latecomer") == (1013, "BACKEND_UNAVAILABLE")
         promoted_at = 0.0
         while time.monotonic() < killed_at + 25:
-            await send_one()
+            await sender.send_one()
             if not promoted_at and await asyncio.to_thread(deployment.promoted):
                 promoted_at = time.monotonic()
-            if len([at for _, at in acked if at > killed_at]) >= 30:
+            if len(sender.acknowledged_after(killed_at)) >= 30:
                 break
             await asyncio.sleep(0.01)
-        after_kill = [(number, at) for number, at in acked if at > killed_at]
-        assert promoted_at and len(after_kill) >= 30, (promoted_at, len(after_kill), errors)
+        after_kill = sender.acknowledged_after(killed_at)
+        assert promoted_at and len(after_kill) >= 30, (promoted_at, len(after_kill), sender.errors)
 
         # Every acknowledged send reached every member; the members never left.
         for receiver in receivers:
             await eventually(
-                lambda r=receiver: all(number in r.arrived for number, _ in acked),  # type: ignore[misc]
+                lambda r=receiver: all(number in r.arrived for number, _ in sender.acked),  # type: ignore[misc]
                 what=f"every acknowledged send at {receiver.client.user}",
             )
         delivered_at = max(receiver.arrived[after_kill[0][0]] for receiver in receivers)
-        assert slowest < 11, slowest
-        assert sum(errors.values()) >= 1 and set(errors) <= {"BACKEND_UNAVAILABLE", "DELIVERY_SHORTFALL"}
+        assert sender.slowest < 11, sender.slowest
+        assert sender.raised_only_retryable_outage_errors(), sender.errors
 
         # The promotion was taken for a loss of state: every server wrote its own back exactly.
         assert await m0.count_connections() == 4
@@ -274,9 +215,9 @@ async def test_a_master_failover_loses_no_acknowledged_send_and_traffic_resumes(
             {
                 "promoted_after_s": round(promoted_at - killed_at, 2),
                 "first_delivered_after_s": round(delivered_at - killed_at, 2),
-                "sends_raised": dict(errors),
-                "acknowledged": len(acked),
-                "slowest_send_s": round(slowest, 3),
+                "sends_raised": dict(sender.errors),
+                "acknowledged": len(sender.acked),
+                "slowest_send_s": round(sender.slowest, 3),
                 "pruned": m1.backend.state.pruned,  # type: ignore[attr-defined]
             },
         )

@@ -65,12 +65,33 @@ def test_sentinel_settings_from_dot_env(clean_env: Path) -> None:
     assert WSConfig().REDIS_SENTINELS == [("a", 1), ("b", 2)]
 
 
-@pytest.mark.parametrize("mode", ["cluster", "replicated", ""])
+@pytest.mark.parametrize("mode", ["clustered", "replicated", ""])
 def test_an_unknown_mode_names_redis_mode(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    message = invalid(monkeypatch, REDIS_MODE=mode)
-    assert "REDIS_MODE" in message
-    if mode == "cluster":
-        assert "not supported yet" in message
+    assert "REDIS_MODE" in invalid(monkeypatch, REDIS_MODE=mode)
+
+
+def test_cluster_mode_refuses_a_unix_socket_and_a_brace_in_the_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "naming one of the nodes" in invalid(
+        monkeypatch, REDIS_MODE="cluster", REDIS_URL="unix:///tmp/r.sock"
+    )
+    message = invalid(
+        monkeypatch, REDIS_MODE="cluster", REDIS_URL="redis://node:7000/0", REDIS_CHANNEL_PREFIX="app{1}:"
+    )
+    assert "REDIS_CHANNEL_PREFIX" in message and "hash tag" in message
+    monkeypatch.setenv("REDIS_CHANNEL_PREFIX", "app{1}:")
+    monkeypatch.delenv("REDIS_MODE")
+    assert WSConfig().REDIS_CHANNEL_PREFIX == "app{1}:"  # a brace is fine off a cluster
+
+
+def test_cluster_keys_share_one_hash_tag() -> None:
+    target = RedisTarget(url="redis://node:7000/0", mode="cluster")
+    assert target.sharded and target.key_prefix("ws:") == "{ws:}"
+    assert RedisTarget().key_prefix("ws:") == "ws:" and not RedisTarget().sharded
+    assert repr(RedisTarget(url="redis://:secret@node:7000/0", mode="cluster")) == (
+        "RedisTarget(cluster: the Redis Cluster of redis://:***@node:7000/0)"
+    )
 
 
 def test_sentinel_mode_without_sentinels_names_redis_sentinels(monkeypatch: pytest.MonkeyPatch) -> None:

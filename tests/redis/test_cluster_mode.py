@@ -1,0 +1,226 @@
+"""REDIS_MODE=cluster: where our keys and channels live on a Redis Cluster, emitters on it, and
+a failover of the shard that holds them.
+
+The servers of the test app run in the test's own event loop (so a test can look at their
+managers), on the session's cluster or, for a failover, on a cluster of the test's own
+(tests/support/redis_cluster.py: three masters with a replica each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from fastapi_channels import ConnectionManager, SyncEmitter, WSConfig
+from fastapi_channels.backends.redis import RedisBackend
+from fastapi_channels.backends.redis_connect import RedisTarget
+from fastapi_channels.exceptions import BackendError
+from fastapi_channels.testing import ServerHandle, serve
+from tests.app import create_app
+from tests.support.client import Client
+from tests.support.emitting import emitters_reach_a_member
+from tests.support.eventually import eventually
+from tests.support.failover import NumberedSender, Receiver
+from tests.support.redis_cluster import ClusterDeployment, Node
+from tests.support.serving import start_test_app
+
+Servers = list[tuple[ServerHandle, ConnectionManager]]
+
+
+def cluster_settings(deployment: ClusterDeployment, prefix: str) -> dict[str, Any]:
+    return {
+        "BACKEND_TYPE": "redis",
+        "REDIS_MODE": "cluster",
+        "REDIS_URL": deployment.url,
+        "REDIS_CHANNEL_PREFIX": prefix,
+    }
+
+
+@contextlib.asynccontextmanager
+async def servers(
+    deployment: ClusterDeployment, prefix: str, count: int = 2, **settings: Any
+) -> AsyncIterator[Servers]:
+    async with AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                start_test_app(
+                    **cluster_settings(deployment, prefix),
+                    SERVER_INSTANCE_ID=f"cl{index}-{prefix.rstrip(':')}",
+                    **settings,
+                )
+            )
+            for index in range(count)
+        ]
+
+
+def home_master(deployment: ClusterDeployment, prefix: str) -> Node:
+    """The master serving the slot of every key and channel of `prefix`: its hash tag's."""
+    slot = key_slot(("{" + prefix + "}").encode())
+    return next(master for master in deployment.masters() if slot in deployment.slots_of(master))
+
+
+async def test_every_key_and_channel_hashes_to_the_prefix_slot_on_one_master(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """The scripts touch keys they build themselves; on a cluster each must be in the slot of
+    the script's declared keys, or Redis refuses it. After a busy minute of state (users,
+    groups, history, a server gone), every key is on the one master, in the one slot."""
+    async with servers(redis_cluster, redis_prefix, WS_HISTORY_GROUPS="hist") as [(s0, m0), (s1, _)]:
+        clients = [await Client.open(s.ws_url, f"u{i % 3}") for i, s in enumerate((s0, s1, s0, s1))]
+        for client in clients:
+            await client.call("joined", op="join", group="room")
+            await client.call("joined", op="join", group="hist")
+        await clients[0].send(op="group", group="hist", data="kept")
+        for client in clients:
+            assert (await client.expect("group"))["data"] == "kept"
+        assert await m0.count_connections() == 4 and await m0.group_size("room") == 4
+        slot = key_slot(("{" + redis_prefix + "}").encode())
+        home = home_master(redis_cluster, redis_prefix)
+        for master in redis_cluster.masters():
+            with master.client() as admin:
+                keys = admin.keys("{" + redis_prefix + "}*")
+                if master is home:
+                    assert len(keys) >= 8 and {key_slot(key.encode()) for key in keys} == {slot}, keys
+                else:
+                    assert keys == []
+
+
+async def test_emitters_on_a_cluster_reach_members_on_a_server(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    async with servers(redis_cluster, redis_prefix, count=1) as [(server, _)]:
+        config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), LOG_STATS=False)
+        await emitters_reach_a_member(server, config)
+
+
+async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traffic_resumes(
+    own_cluster: ClusterDeployment, redis_prefix: str, record_property: Callable[[str, object], None]
+) -> None:
+    """SIGKILL the master of our slot while one server sends to a group every 10 ms with
+    strict delivery: sends during the switch raise a retryable BackendError, the replica is
+    promoted, both servers' readers subscribe on it, the members stay connected, every send
+    that returned normally reached every member, and the state counts are exact after."""
+    settings = {"WS_STRICT_DELIVERY": True, "REDIS_REGISTRY_EXPIRY": 10}
+    async with servers(own_cluster, redis_prefix, **settings) as running, AsyncExitStack() as cleanup:
+        (s0, m0), (s1, m1) = running
+        clients = [await Client.open(s.ws_url, f"user{i}") for i, s in enumerate((s0, s1, s0, s1))]
+        for client in clients:
+            await client.call("joined", op="join", group="room")
+        receivers = [Receiver(client) for client in clients]
+        for receiver in receivers:
+            cleanup.push_async_callback(receiver.stop)
+        emitter = SyncEmitter(WSConfig(**cluster_settings(own_cluster, redis_prefix)))
+        cleanup.callback(emitter.close)
+        await asyncio.to_thread(emitter.send_to_group, "room", {"type": "group", "data": 0})
+
+        sender = NumberedSender(m0, "room")
+        for _ in range(20):
+            await sender.send_one()
+            await asyncio.sleep(0.01)
+        home = home_master(own_cluster, redis_prefix)
+        own_cluster.kill(home)
+        killed_at = time.monotonic()
+        failover = asyncio.create_task(own_cluster.await_failover(home))
+        while time.monotonic() < killed_at + 30:
+            await sender.send_one()
+            if len(sender.acknowledged_after(killed_at)) >= 30 and failover.done():
+                break
+            await asyncio.sleep(0.01)
+        promoted = await failover
+        promoted_after = time.monotonic() - killed_at
+        after_kill = sender.acknowledged_after(killed_at)
+        assert len(after_kill) >= 30, (len(after_kill), sender.errors)
+        assert home_master(own_cluster, redis_prefix) is promoted
+
+        for receiver in receivers:
+            await eventually(
+                lambda r=receiver: all(number in r.arrived for number, _ in sender.acked),  # type: ignore[misc]
+                what=f"every acknowledged send at {receiver.client.user}",
+            )
+        delivered_at = max(receiver.arrived[after_kill[0][0]] for receiver in receivers)
+        assert sender.raised_only_retryable_outage_errors(), sender.errors
+
+        # The promoted replica was taken for a loss of state (another Redis process under it):
+        # every server wrote its own back, and the counts are exact.
+        for manager in (m0, m1):
+            backend: Any = manager.backend
+            assert backend.state.epoch_changes >= 1 and backend.outages >= 1
+        assert await m0.count_connections() == 4 and await m1.group_size("room") == 4
+        assert await m1.count_user_connections("user1") == 1
+
+        # The worker's emitter still holds a connection to the dead master: its first send
+        # finds it refused (a retryable error, nothing sent) and refreshes the slot map.
+        try:
+            await asyncio.to_thread(emitter.send_to_group, "room", {"type": "group", "data": -1})
+        except BackendError as error:
+            assert error.retryable, error
+            await asyncio.to_thread(emitter.send_to_group, "room", {"type": "group", "data": -1})
+        for receiver in receivers:
+            await eventually(lambda r=receiver: -1 in r.arrived, what="the emitter's send")  # type: ignore[misc]
+        await cleanup.aclose()
+        for client in clients:
+            assert await client.echo_marker() == {"type": "echo", "data": "marker"}
+
+        record_property(
+            "cluster_failover",
+            {
+                "promoted_after_s": round(promoted_after, 2),
+                "first_delivered_after_s": round(delivered_at - killed_at, 2),
+                "sends_raised": dict(sender.errors),
+                "acknowledged": len(sender.acked),
+            },
+        )
+
+
+async def test_a_group_send_is_one_script_call_on_the_home_master_whatever_the_group_size(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """The invariant of tests/redis/test_invariants.py on a cluster: one EVALSHA per send (its
+    SPUBLISH inside), the same commands for 4 members as for 40, all on the master of our slot."""
+    target = RedisTarget(redis_cluster.url, mode="cluster")
+    config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), LOG_STATS=False)
+    apps = [
+        create_app(
+            config,
+            backend=RedisBackend(
+                redis_cluster.url, prefix=redis_prefix, self_check_interval=3600, target=target
+            ),
+        )
+        for _ in range(2)
+    ]
+    home = home_master(redis_cluster, redis_prefix)
+    probe = aioredis.Redis(host="127.0.0.1", port=home.port)
+    async with serve(apps[0][0]) as s1, serve(apps[1][0]) as s2:
+        members: dict[str, list[Client]] = {"small": [], "big": []}
+        for group, size in (("small", 4), ("big", 40)):
+            for index in range(size):
+                client = await Client.open((s1 if index % 2 else s2).ws_url, f"{group}{index}")
+                await client.call("joined", op="join", group=group)
+                members[group].append(client)
+        await apps[0][1].send_to_group("small", {"type": "warm-up"})  # loads the script
+        for client in members["small"]:
+            assert (await client.next())["type"] == "warm-up"
+        cost: dict[str, dict[str, int]] = {}
+        for group in ("small", "big"):
+            await probe.config_resetstat()
+            for sequence in range(20):
+                await apps[0][1].send_to_group(group, {"type": "group", "data": sequence})
+            stats = await probe.info("commandstats")
+            cost[group] = {
+                name.removeprefix("cmdstat_"): int(value["calls"])
+                for name, value in stats.items()
+                if name not in {"cmdstat_config|resetstat", "cmdstat_info"}
+            }
+            for client in members[group]:
+                assert [(await client.next())["data"] for _ in range(20)] == list(range(20))
+        # Commands inside the script count too (its reads of the epoch and the audience).
+        assert cost["small"] == cost["big"], cost
+        assert cost["big"]["evalsha"] == cost["big"]["spublish"] == 20, cost
+    await probe.aclose()
