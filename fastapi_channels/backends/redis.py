@@ -34,6 +34,7 @@ from fastapi_channels.backends.redis_reader import PubSubReader, ReaderState
 from fastapi_channels.backends.redis_state import ClusterState
 from fastapi_channels.exceptions import BackendError
 from fastapi_channels.history import HistoryEntry, HistoryRead
+from fastapi_channels.redact import redact_url
 
 if TYPE_CHECKING:
     from redis.asyncio.client import PubSub
@@ -198,8 +199,10 @@ class RedisBackend(BaseBackend):
         for attempt in range(1, attempts + 1):
             try:
                 await self.client.ping()
-                return
             except Exception as exc:
+                mismatch = await self._topology_mismatch(reachable=False)
+                if mismatch is not None:
+                    raise BackendError(mismatch, error_code="BACKEND_MISCONFIGURED", retryable=False) from exc
                 if attempt == attempts:
                     raise BackendError(
                         f"Redis at {shown} unreachable after {attempts} attempts: {type(exc).__name__}",
@@ -215,6 +218,36 @@ class RedisBackend(BaseBackend):
                     self.reconnect_delay,
                 )
                 await asyncio.sleep(self.reconnect_delay)
+            else:
+                mismatch = await self._topology_mismatch(reachable=True)
+                if mismatch is not None:
+                    raise BackendError(mismatch, error_code="BACKEND_MISCONFIGURED", retryable=False)
+                return
+
+    async def _topology_mismatch(self, *, reachable: bool) -> str | None:
+        """Why the Redis at REDIS_URL does not fit REDIS_MODE, as Redis itself says (INFO
+        cluster), else None. A cluster node taken for one Redis would answer MOVED to most
+        keys; one Redis taken for a cluster refuses the cluster client at once. Either is a
+        setting to fix, not an outage to retry."""
+        if self.target.mode == "cluster":
+            if reachable:
+                return None
+            plain = async_client(RedisTarget(self.target.url), max_connections=1, timeout=2)
+            try:
+                enabled = (await plain.info("cluster")).get("cluster_enabled")
+            except Exception:
+                return None  # unreachable: an outage after all
+            finally:
+                await plain.aclose()
+            if enabled == 0:
+                return (
+                    f"REDIS_MODE=cluster, but {redact_url(self.target.url)} is not a Redis Cluster "
+                    "node (cluster mode is not enabled): set REDIS_MODE=standalone"
+                )
+            return None
+        if reachable and (await self.client.info("cluster")).get("cluster_enabled") == 1:
+            return f"{self.target.describe()} is a Redis Cluster node: set REDIS_MODE=cluster"
+        return None
 
     async def stop(self) -> None:
         for task in (self._keeper, self._rewriting):

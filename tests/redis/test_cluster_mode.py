@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
@@ -29,6 +30,7 @@ from tests.support.emitting import emitters_reach_a_member
 from tests.support.eventually import eventually
 from tests.support.failover import NumberedSender, Receiver
 from tests.support.redis_cluster import ClusterDeployment, Node
+from tests.support.redis_server import RedisProcess
 from tests.support.serving import start_test_app
 
 Servers = list[tuple[ServerHandle, ConnectionManager]]
@@ -224,3 +226,26 @@ async def test_a_group_send_is_one_script_call_on_the_home_master_whatever_the_g
         assert cost["small"] == cost["big"], cost
         assert cost["big"]["evalsha"] == cost["big"]["spublish"] == 20, cost
     await probe.aclose()
+
+
+@pytest.mark.parametrize("mode", ["cluster", "standalone"])
+async def test_a_redis_that_does_not_fit_redis_mode_is_refused_at_once(
+    mode: str,
+    redis_server: RedisProcess,
+    redis_cluster: ClusterDeployment,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """REDIS_MODE=cluster on one Redis, or standalone on a cluster node: a setting to fix, said
+    at the first attempt (not after WS_RECONNECT_MAX_ATTEMPTS of a pretended outage)."""
+    url = redis_server.url if mode == "cluster" else redis_cluster.url
+    backend = RedisBackend(
+        url, prefix=redis_prefix, reconnect_attempts=5, reconnect_delay=5, target=RedisTarget(url, mode=mode)
+    )
+    with pytest.raises(BackendError) as refused:
+        await backend.start("misfit", lambda topic, payload: None)
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]  # no second attempt
+    error = refused.value
+    assert error.error_code == "BACKEND_MISCONFIGURED" and not error.retryable
+    wanted = "set REDIS_MODE=standalone" if mode == "cluster" else "set REDIS_MODE=cluster"
+    assert wanted in error.message, error.message
