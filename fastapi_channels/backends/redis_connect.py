@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisTarget", "async_client", "home_pubsub", "sync_client"]
 
+MIGRATION_PATIENCE = 5.0
+"""Seconds a command may keep meeting TRYAGAIN (its slot half moved to another master) before
+its caller gets the error; a resharding tool moves a slot's keys in well under that."""
+
 SENTINEL_TIMEOUT = 2.0
 """Seconds to connect to, or wait for an answer from, one sentinel. A sentinel that does not
 answer is skipped for the next one, so this bounds what a dead one costs each new connection."""
@@ -225,6 +229,7 @@ def _waiting_cluster() -> type[Any]:
     does on one Redis, and no node ever holds more connections than that.
     """
     from redis.asyncio import RedisCluster
+    from redis.exceptions import ClusterError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     class WaitingCluster(RedisCluster):
@@ -242,9 +247,24 @@ def _waiting_cluster() -> type[Any]:
                     f"no free Redis connection within {self._wait_timeout:g}s"
                 ) from None
             try:
-                return await super().execute_command(*args, **kwargs)
+                return await self._through_a_migration(args, kwargs)
             finally:
                 self._free.release()
+
+        async def _through_a_migration(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            """While a slot moves, a script whose keys are split between the two masters gets
+            TRYAGAIN until the last batch has moved; redis-py gives up after 16 redirections
+            (about 0.4 s) with "TTL exhausted". Only redirections and TRYAGAIN lead there
+            (a connection error ends the attempt at once), so the command never ran and
+            sending it again is safe: for up to MIGRATION_PATIENCE seconds."""
+            deadline = asyncio.get_running_loop().time() + MIGRATION_PATIENCE
+            while True:
+                try:
+                    return await super().execute_command(*args, **kwargs)
+                except ClusterError as exc:
+                    if "TTL exhausted" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                        raise
+                await asyncio.sleep(0.05)
 
     return WaitingCluster
 

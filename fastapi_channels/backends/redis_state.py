@@ -10,6 +10,7 @@ Not for pub/sub: `redis_reader` listens, the backend publishes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -317,12 +318,8 @@ class ClusterState:
         conns = list(self.conns.items())
         for start in range(0, len(conns), _REASSERT_CHUNK):
             chunk = conns[start : start + _REASSERT_CHUNK]
-            async with self.client.pipeline(transaction=False) as pipe:
-                for channel, user in chunk:
-                    await self._scripts["add_connection"](
-                        *self._admit_call(channel, user, "reassert"), client=pipe
-                    )
-                answers = await pipe.execute()
+            calls = [self._admit_call(channel, user, "reassert") for channel, user in chunk]
+            answers = await self._batch("add_connection", calls)
             for (channel, _), (code, epoch) in zip(chunk, answers, strict=True):
                 self.learn_epoch(epoch)
                 admission = _ADMISSION[int(code)]
@@ -333,13 +330,14 @@ class ClusterState:
             self.conns.pop(channel, None)
         memberships = [m for m in self.memberships if m[1] not in dropped]
         for start in range(0, len(memberships), _REASSERT_CHUNK):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for group, channel in memberships[start : start + _REASSERT_CHUNK]:
-                    # Memberships held before the loss are kept whatever MAX_TOTAL_GROUPS says.
-                    await self._scripts["group_add"](
-                        *self._group_add_call(group, channel, 2**31), client=pipe
-                    )
-                await pipe.execute()
+            # Memberships held before the loss are kept whatever MAX_TOTAL_GROUPS says.
+            await self._batch(
+                "group_add",
+                [
+                    self._group_add_call(group, channel, 2**31)
+                    for group, channel in memberships[start : start + _REASSERT_CHUNK]
+                ],
+            )
         # A connection closed (or a membership dropped) while this ran was just written back:
         # remove it again, so the last word is the one that matches this server.
         for channel, user in conns:
@@ -350,6 +348,20 @@ class ClusterState:
                 await self.group_discard(group, channel)
         self.rewrite_needed = False
         return refused
+
+    async def _batch(self, name: str, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+        """Run one script for many (keys, args), in one round trip where Redis allows it.
+
+        One Redis: a pipeline. A cluster client refuses EVALSHA in a pipeline, so there the
+        calls go concurrently, as many at a time as the client has connections.
+        """
+        script = self._scripts[name]
+        if self.sharded:
+            return list(await asyncio.gather(*(script(keys=keys, args=args) for keys, args in calls)))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
 
     async def _prune(self) -> None:
         """Remove this server's entries that Redis holds and this server does not.

@@ -316,6 +316,30 @@ class ClusterDeployment:
         """Wait for `ok()`: after `start`, after `restart`."""
         self._until(self.ok, timeout, "every node ok, agreed on the slots, replicas in sync")
 
+    def migrate_slot(
+        self, slot: int, target: Node, between_batches: Callable[[], None] = lambda: None
+    ) -> None:
+        """Move `slot` to the master `target` as `redis-cli --cluster reshard` does: mark it
+        importing and migrating, MIGRATE its keys a few at a time (calling `between_batches`
+        after each: a pause, so clients meet the half-moved slot), then give it to
+        `target` on every master. Waits until all nodes agree."""
+        source = next(master for master in self.masters() if slot in self.slots_of(master))
+        if source is target:
+            raise ValueError(f"slot {slot} is on {target} already")
+        with source.client() as old, target.client() as new:
+            old_id, new_id = old.execute_command("CLUSTER MYID"), new.execute_command("CLUSTER MYID")
+            new.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", old_id)
+            old.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", new_id)
+            while keys := old.execute_command("CLUSTER GETKEYSINSLOT", slot, 3):
+                old.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                between_batches()
+            for master in self.masters():
+                with master.client() as client:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", new_id)
+        self._until(
+            lambda: self.ok() and slot in self.slots_of(target), START_TIMEOUT, f"slot {slot} on {target}"
+        )
+
     def kill(self, node: Node) -> None:
         """SIGKILL one node."""
         node.kill()
