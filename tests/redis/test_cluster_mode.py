@@ -154,6 +154,8 @@ async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traff
         for manager in (m0, m1):
             backend: Any = manager.backend
             assert backend.state.epoch_changes >= 1 and backend.outages >= 1
+            await eventually(lambda b=backend: not b.state.rewrite_needed, what="the write-back")  # type: ignore[misc]
+            assert backend.state.rewrites >= 1
         assert await m0.count_connections() == 4 and await m1.group_size("room") == 4
         assert await m1.count_user_connections("user1") == 1
 
