@@ -90,6 +90,11 @@ def summarise(runs: Iterable[tuple[CaseLike, list[dict[str, Any]]]]) -> list[dic
         if "redis_commands_per_send" in case_runs[0]:
             row["redis_commands_per_send"] = median("redis_commands_per_send")
             row["redis_publish_per_send"] = median("redis_publish_per_send")
+        if "redis_commands_per_send_by_shard" in case_runs[0]:  # a cluster: each shard's median
+            by_shard = [run["redis_commands_per_send_by_shard"] for run in case_runs]
+            row["redis_commands_per_send_by_shard"] = [
+                statistics.median(values) for values in zip(*by_shard, strict=True)
+            ]
         rows.append(row)
     return rows
 
@@ -127,7 +132,7 @@ def render(rows: Sequence[dict[str, Any]], workloads: Mapping[str, WorkloadLike]
             "vs bare (CPU)",
             "loadgen CPU",
             "other CPU",
-            *(["Redis cmds/send", "PUBLISH/send"] if redis else []),
+            *(["Redis cmds/send", "PUBLISH/send", "cmds/send by shard"] if redis else []),
         ]
         lines = [
             [
@@ -143,7 +148,15 @@ def render(rows: Sequence[dict[str, Any]], workloads: Mapping[str, WorkloadLike]
                 r["cpu_ratio_to_bare"],
                 f"{r['loadgen_cpu_share']:.0%}",
                 f"{r['other_cpu_share']:.0%}",
-                *([r.get("redis_commands_per_send"), r.get("redis_publish_per_send")] if redis else []),
+                *(
+                    [
+                        r.get("redis_commands_per_send"),
+                        r.get("redis_publish_per_send"),
+                        " / ".join(str(v) for v in r.get("redis_commands_per_send_by_shard", ["one Redis"])),
+                    ]
+                    if redis
+                    else []
+                ),
             ]
             for r in mine
         ]

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ class Case:
     app: str = ""  # module:attribute; default benchmarks.systems:<system>
     protocol: str = "plain"  # the load generator's --protocol
     requires: tuple[str, ...] = ()  # importable modules the case needs
+    redis_mode: str = "standalone"  # REDIS_MODE of a redis case: "cluster" runs on a 3-master cluster
 
     @property
     def spec(self) -> Workload:
@@ -109,6 +110,8 @@ class Case:
     @property
     def label(self) -> str:
         backend = f"/{self.spec.backend}" if self.system.startswith("channels") or self.peer else ""
+        if self.redis_mode == "cluster":
+            backend += "-cluster"
         return f"{self.system}{backend} [{WS_NAMES.get(self.ws, self.ws)}]"
 
 
@@ -150,6 +153,11 @@ def ours(workload: str, bare: str) -> list[Case]:
     ]
 
 
+def on_a_cluster(workload: str) -> list[Case]:
+    """fastapi-channels on the fast path with REDIS_MODE=cluster (a three-master Redis Cluster)."""
+    return [Case(workload, "channels", FAST, redis_mode="cluster")]
+
+
 def history(workload: str) -> list[Case]:
     """The same group as JSON objects, without and with history, on the fast path (issue 12)."""
     return [
@@ -179,6 +187,7 @@ CASES = {
     "rooms": [*ours("rooms", "bare"), *peers("rooms")],
     "cross": [
         *ours("cross", "bare_redis"),
+        *on_a_cluster("cross"),
         *history("cross"),
         *granian("cross", "bare_redis"),
         *peers("cross"),
@@ -191,7 +200,7 @@ CASES = {
         Case("capacity", "channels", FAST, app="benchmarks.systems:channels_capacity"),
         peers("capacity")[0],
     ],
-    "large": [*ours("large", "bare_redis"), *peers("large")],
+    "large": [*ours("large", "bare_redis"), *on_a_cluster("large"), *peers("large")],
 }
 
 
@@ -282,19 +291,40 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def redis_commands(url: str | None) -> dict[str, int]:
-    """Calls per command since Redis started (INFO commandstats), `info` itself left out."""
+def redis_commands(url: str | None, nodes: Sequence[str] = ()) -> dict[str, dict[str, int]]:
+    """Calls per command since each Redis started (INFO commandstats, `info` itself left out),
+    by node: the one Redis at `url`, or each master of a cluster (`nodes`)."""
     if url is None:
         return {}
     from redis import Redis
 
-    with Redis.from_url(url) as client:
-        stats = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): int(value["calls"])
-        for name, value in stats.items()
-        if name != "cmdstat_info"
-    }
+    counts = {}
+    for node in nodes or [url]:
+        with Redis.from_url(node) as client:
+            stats = client.info("commandstats")
+        counts[node] = {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if name != "cmdstat_info"
+        }
+    return counts
+
+
+@contextlib.contextmanager
+def redis_cluster() -> Iterator[tuple[str, list[str]]]:
+    """Three masters, no replicas, pinned to the servers' core: (a node's URL, every master's)."""
+    from tests.support.redis_cluster import ClusterDeployment
+
+    deployment = ClusterDeployment(masters=3)
+    deployment.start()
+    try:
+        if cores() >= 2 and hasattr(os, "sched_setaffinity"):
+            for node in deployment.nodes:
+                assert node.process is not None
+                os.sched_setaffinity(node.process.pid, {0})
+        yield deployment.url, [f"redis://{master.address}" for master in deployment.masters()]
+    finally:
+        deployment.stop()
 
 
 @contextlib.contextmanager
@@ -379,7 +409,11 @@ def servers(
     started: list[tuple[int, subprocess.Popen[bytes]]] = []
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_STATS": "false", "BACKEND_TYPE": case.spec.backend}
     if redis_url:
-        env |= {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": f"b{uuid.uuid4().hex[:6]}:"}
+        env |= {
+            "REDIS_URL": redis_url,
+            "REDIS_MODE": case.redis_mode,
+            "REDIS_CHANNEL_PREFIX": f"b{uuid.uuid4().hex[:6]}:",
+        }
     try:
         for _ in range(case.spec.servers):
             port = free_port()
@@ -511,7 +545,7 @@ class Measured:
     other_cpu_s: float  # the rest of the machine over the phase: other processes, uncharged kernel work
     rss_before: int
     rss_connected: int
-    redis_calls: dict[str, int]
+    redis_calls: dict[str, dict[str, int]]  # by node: calls per command over the phase
 
 
 def measure(
@@ -521,6 +555,7 @@ def measure(
     running: list[tuple[int, subprocess.Popen[bytes]]],
     workdir: Path,
     profile_to: Path | None,
+    redis_nodes: Sequence[str] = (),
 ) -> Measured:
     clients, messages = sizes(case, args)
     server_pids = [pid for _, process in running for pid in process_tree(process.pid)]
@@ -531,7 +566,7 @@ def measure(
         ready = generators.read_all("ready")
         server_pids = [pid for _, process in running for pid in process_tree(process.pid)]
         rss_connected = rss_bytes(server_pids)
-        commands_before = redis_commands(redis_url)
+        commands_before = redis_commands(redis_url, redis_nodes)
         cpu_before, machine_before = cpu_seconds(server_pids), machine_busy_seconds()
         profiler = start_profiler(process_tree(running[0][1].pid)[-1], profile_to) if profile_to else None
         generators.go()
@@ -541,23 +576,31 @@ def measure(
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
-        commands_after = redis_commands(redis_url)
+        commands_after = redis_commands(redis_url, redis_nodes)
     finally:
         generators.close()
-    calls = {name: commands_after.get(name, 0) - commands_before.get(name, 0) for name in commands_after}
+    calls = {
+        node: {name: after[name] - commands_before[node].get(name, 0) for name in after}
+        for node, after in commands_after.items()
+    }
     generators_cpu = sum(reply["cpu_s"] for reply in done)
     other = max(0.0, machine - server_cpu - generators_cpu)
     return Measured(ready, done, server_cpu, other, rss_before, rss_connected, calls)
 
 
 def run_case(
-    case: Case, args: argparse.Namespace, redis_url: str | None, profile_to: Path | None = None
+    case: Case,
+    args: argparse.Namespace,
+    redis_url: str | None,
+    profile_to: Path | None = None,
+    redis_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """One run of `case`; `redis_nodes`: a cluster's masters (their commands counted by shard)."""
     clients, messages = sizes(case, args)
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         log = Path(tmp) / "server.log"
         with servers(case, redis_url, log) as running:
-            measured = measure(case, args, redis_url, running, Path(tmp), profile_to)
+            measured = measure(case, args, redis_url, running, Path(tmp), profile_to, redis_nodes)
         latencies = array.array("d")
         for index in range(len(measured.done)):
             with contextlib.suppress(FileNotFoundError), open(Path(tmp) / f"{index}.bin", "rb") as source:
@@ -586,8 +629,14 @@ def run_case(
         "other_cpu_share": round(measured.other_cpu_s / elapsed, 3) if elapsed else 0.0,
     }
     if redis_url and messages:
-        result["redis_commands_per_send"] = round(sum(measured.redis_calls.values()) / messages, 2)
-        result["redis_publish_per_send"] = round(measured.redis_calls.get("publish", 0) / messages, 2)
+        by_node = measured.redis_calls.values()
+        result["redis_commands_per_send"] = round(sum(sum(c.values()) for c in by_node) / messages, 2)
+        publishes = sum(c.get("publish", 0) + c.get("spublish", 0) for c in by_node)
+        result["redis_publish_per_send"] = round(publishes / messages, 2)
+        if redis_nodes:  # how the commands spread over the shards, busiest first
+            result["redis_commands_per_send_by_shard"] = sorted(
+                (round(sum(c.values()) / messages, 2) for c in by_node), reverse=True
+            )
     return result
 
 
@@ -647,12 +696,19 @@ def run(args: argparse.Namespace) -> Results:
         broker: contextlib.AbstractContextManager[str | None] = (
             redis_server() if needs_redis else contextlib.nullcontext()
         )
-        with broker as redis_url:
+        on_cluster = any(case.redis_mode == "cluster" for case in cases)
+        cluster: contextlib.AbstractContextManager[tuple[str, list[str]] | None] = (
+            redis_cluster() if on_cluster else contextlib.nullcontext()
+        )
+        with broker as redis_url, cluster as cluster_nodes:
             for round_ in range(args.rounds):
                 order = cases if round_ % 2 == 0 else cases[::-1]  # interleaved, the order flipped each round
                 for case in order:
                     quiet = wait_for_quiet() if args.wait_quiet else None
-                    result = run_case(case, args, redis_url)
+                    if case.redis_mode == "cluster" and cluster_nodes is not None:
+                        result = run_case(case, args, cluster_nodes[0], redis_nodes=cluster_nodes[1])
+                    else:
+                        result = run_case(case, args, redis_url)
                     result["busy_before_start"] = quiet
                     results.add(case, result)
                     figure = f"{result['deliveries_per_s']:>9,}/s"
