@@ -149,8 +149,10 @@ async def test_a_name_that_could_escape_the_prefix_is_refused_and_writes_no_key(
         assert handshake.value.response.status_code == 403
 
     await asyncio.sleep(0.05)
-    assert await all_keys(admin) == keys_before
-    assert await channels(admin) == channels_before
+    # Nothing new, anywhere in Redis (an escape would land outside our prefix). Keys and
+    # channels may go meanwhile: another test's killed server leaves its liveness key to expire.
+    assert await all_keys(admin) <= keys_before
+    assert await channels(admin) <= channels_before
     assert len(manager.registry) == 1
 
 
