@@ -74,7 +74,8 @@ async def test_every_key_and_channel_hashes_to_the_prefix_slot_on_one_master(
     """The scripts touch keys they build themselves; on a cluster each must be in the slot of
     the script's declared keys, or Redis refuses it. After a busy minute of state (users,
     groups, history, a server gone), every key is on the one master, in the one slot."""
-    async with servers(redis_cluster, redis_prefix, WS_HISTORY_GROUPS="hist") as [(s0, m0), (s1, _)]:
+    settings = {"WS_HISTORY_GROUPS": "hist", "REDIS_REGISTRY_EXPIRY": 3}  # a keeper tick a second
+    async with servers(redis_cluster, redis_prefix, **settings) as [(s0, m0), (s1, _)]:
         clients = [await Client.open(s.ws_url, f"u{i % 3}") for i, s in enumerate((s0, s1, s0, s1))]
         for client in clients:
             await client.call("joined", op="join", group="room")
@@ -83,6 +84,10 @@ async def test_every_key_and_channel_hashes_to_the_prefix_slot_on_one_master(
         for client in clients:
             assert (await client.expect("group"))["data"] == "kept"
         assert await m0.count_connections() == 4 and await m0.group_size("room") == 4
+        # The deafness self-check goes through the shard as well: SPUBLISH, back on SSUBSCRIBE.
+        backend: Any = m0.backend
+        await eventually(lambda: backend.pubsub_lag is not None, what="a probe through the shard")
+        assert backend.deaf_repairs == 0
         slot = key_slot(("{" + redis_prefix + "}").encode())
         home = home_master(redis_cluster, redis_prefix)
         for master in redis_cluster.masters():
