@@ -290,7 +290,7 @@ class RedisBackend(BaseBackend):
         audience, kind = self._audience(topic)
         state = self.state
         reached, expected, connections, epoch = await state.script("publish")(
-            keys=[self.keys.epoch, audience],
+            keys=[self.keys.epoch, audience, self.keys.servers],
             args=[
                 self.keys.channel(topic),
                 payload,
@@ -315,7 +315,7 @@ class RedisBackend(BaseBackend):
         state = self.state
         keys = self.keys
         reached, expected, connections, epoch, offset, history_epoch = await state.script("publish_history")(
-            keys=[keys.epoch, audience, keys.history(group), keys.history_position(group)],
+            keys=[keys.epoch, audience, keys.history(group), keys.history_position(group), keys.servers],
             args=[
                 keys.channel(topic),
                 outer,

@@ -3,7 +3,8 @@
 Pure string building, kept apart so the layout is readable in one place::
 
     <p>alive:<server>            liveness key, TTL REDIS_REGISTRY_EXPIRY
-    <p>servers                   zset server -> liveness deadline (ms); how dead servers are found
+    <p>servers                   zset server -> liveness deadline (ms): what the scripts read
+                                 liveness from (`is_alive`), and how dead servers are found
     <p>srv:<server>:conns        hash channel -> user id ("" if anonymous): the server's connections
     <p>srv:<server>:members      set "<group>|channel": the server's group memberships
     <p>users:<user>              hash server -> the user's connection count there (the slots)

@@ -57,7 +57,7 @@ def publish_call(
     """
     key, kind = audience(keys, topic)
     return (
-        [keys.epoch, key],
+        [keys.epoch, key, keys.servers],
         [keys.channel(topic), payload, kind, keys.prefix, *epoch, "1" if exact else "0"],
     )
 
@@ -78,7 +78,7 @@ def publish_history_call(
     topic = "group:" + group
     key, kind = audience(keys, topic)
     return (
-        [keys.epoch, key, keys.history(group), keys.history_position(group)],
+        [keys.epoch, key, keys.history(group), keys.history_position(group), keys.servers],
         [
             keys.channel(topic),
             outer,

@@ -7,6 +7,7 @@ clients; the emitters publish the same envelopes a server does, with no manager.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -226,7 +227,7 @@ async def test_a_delivery_shortfall_is_counted_and_raised_when_strict(
     await _members(two_servers, "room", ("a",))
     probe = redis.Redis.from_url(redis_server.url)
     # A live server that counts members of the group but listens to nothing: owed, not reached.
-    probe.set(redis_prefix + "alive:ghost", 1, ex=60)
+    probe.zadd(redis_prefix + "servers", {"ghost": (time.time() + 60) * 1000})  # alive for a minute
     probe.hset(redis_prefix + "gsrv:room", "ghost", 1)
     probe.close()
     async with Emitter(redis_config(redis_server, redis_prefix)) as lenient:

@@ -310,3 +310,35 @@ async def test_resharding_our_slot_surfaces_no_redirection_and_loses_no_acknowle
         await cleanup.aclose()
         for client in clients:
             assert await client.echo_marker() == {"type": "echo", "data": "marker"}
+
+
+async def test_a_send_during_a_resharding_is_never_judged_on_a_half_moved_state(
+    own_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """Mid-move, the keys a group send declares (the epoch, the group's audience, the servers
+    zset) are on the new master and the rest are not: the send runs there (ASK), where the
+    subscribers are not yet. It must not pass for delivered because the liveness it reads is
+    missing there: it raises a shortfall, or it reached everyone."""
+    async with servers(own_cluster, redis_prefix, WS_STRICT_DELIVERY=True) as running:
+        (s0, m0), (s1, _) = running
+        clients = [await Client.open(s.ws_url, f"user{i}") for i, s in enumerate((s0, s1))]
+        for client in clients:
+            await client.call("joined", op="join", group="room")
+        keys: Any = m0.backend.keys  # type: ignore[attr-defined]
+        slot = key_slot(("{" + redis_prefix + "}").encode())
+        home = home_master(own_cluster, redis_prefix)
+        target = next(master for master in own_cluster.masters() if master is not home)
+        own_cluster.start_migration(slot, target)
+        declared = [keys.epoch, keys.group_servers("room"), keys.servers]
+        await asyncio.to_thread(own_cluster.move_keys, home, target, declared)
+        try:
+            await m0.send_to_group("room", {"type": "group", "data": "mid-move"})
+        except BackendError as error:
+            assert error.error_code == "DELIVERY_SHORTFALL" and error.retryable, error
+        else:
+            for client in clients:
+                assert (await client.expect("group"))["data"] == "mid-move"
+        with home.client() as old:
+            rest = old.keys("{" + redis_prefix + "}*")
+        await asyncio.to_thread(own_cluster.move_keys, home, target, rest)
+        await asyncio.to_thread(own_cluster.finish_migration, slot, target)

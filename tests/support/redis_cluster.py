@@ -321,21 +321,37 @@ class ClusterDeployment:
     ) -> None:
         """Move `slot` to the master `target` as `redis-cli --cluster reshard` does: mark it
         importing and migrating, MIGRATE its keys a few at a time (calling `between_batches`
-        after each: a pause, so clients meet the half-moved slot), then give it to
-        `target` on every master. Waits until all nodes agree."""
+        after each: a pause, so clients meet the half-moved slot), then give it to `target`
+        on every master. Waits until all nodes agree."""
+        source = self.start_migration(slot, target)
+        with source.client() as old:
+            while keys := old.execute_command("CLUSTER GETKEYSINSLOT", slot, 3):
+                self.move_keys(source, target, keys)
+                between_batches()
+        self.finish_migration(slot, target)
+
+    def start_migration(self, slot: int, target: Node) -> Node:
+        """Mark `slot` importing on `target` and migrating on its master; returns that master."""
         source = next(master for master in self.masters() if slot in self.slots_of(master))
         if source is target:
             raise ValueError(f"slot {slot} is on {target} already")
         with source.client() as old, target.client() as new:
-            old_id, new_id = old.execute_command("CLUSTER MYID"), new.execute_command("CLUSTER MYID")
-            new.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", old_id)
-            old.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", new_id)
-            while keys := old.execute_command("CLUSTER GETKEYSINSLOT", slot, 3):
-                old.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-                between_batches()
-            for master in self.masters():
-                with master.client() as client:
-                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", new_id)
+            new.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", old.execute_command("CLUSTER MYID"))
+            old.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", new.execute_command("CLUSTER MYID"))
+        return source
+
+    @staticmethod
+    def move_keys(source: Node, target: Node, keys: list[str]) -> None:
+        with source.client() as old:
+            old.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+
+    def finish_migration(self, slot: int, target: Node) -> None:
+        """Give `slot` to `target` on every master (its keys moved) and wait for agreement."""
+        with target.client() as new:
+            target_id = new.execute_command("CLUSTER MYID")
+        for master in self.masters():
+            with master.client() as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         self._until(
             lambda: self.ok() and slot in self.slots_of(target), START_TIMEOUT, f"slot {slot} on {target}"
         )

@@ -12,8 +12,15 @@ local function decrement(key, server)
   end
 end
 
-local function is_alive(prefix, server)
-  return redis.call('EXISTS', prefix .. 'alive:' .. server) == 1
+-- A server is alive while its deadline in the servers zset is ahead of `now` (ms): its
+-- heartbeat sets it with its liveness key's TTL, its stop sets 0, the reaper removes it. Read
+-- from the zset rather than the liveness keys so that a script that declares the zset reads
+-- liveness only from a key it declared: on a cluster, while a resharding moves our slot, a
+-- script runs on the importing master only when its declared keys have arrived there, and a
+-- key it did not declare may not have (publish.lua declares the zset for that).
+local function is_alive(prefix, server, now)
+  local deadline = redis.call('ZSCORE', prefix .. 'servers', server)
+  return deadline ~= false and tonumber(deadline) > now
 end
 
 -- The incarnation of the cluster state. A missing epoch key means Redis lost its data (or
@@ -72,10 +79,10 @@ end
 -- Dead servers' fields are left for the reaper. O(servers), never O(members).
 local function live_counts(prefix, key)
   local fields = redis.call('HGETALL', key)
-  local servers, total = 0, 0
+  local servers, total, now = 0, 0, now_ms()
   for i = 1, #fields, 2 do
     local count = tonumber(fields[i + 1])
-    if count > 0 and is_alive(prefix, fields[i]) then
+    if count > 0 and is_alive(prefix, fields[i], now) then
       servers = servers + 1
       total = total + count
     end
@@ -102,8 +109,9 @@ local function audience(kind, key, reached, exact, prefix)
   elseif kind == 'servers' then
     -- Every live server listens to broadcast from its start, with connections or not: all
     -- are owed it, so an idle one can never stand in for one that missed it.
+    local now = now_ms()
     for _, server in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-      if is_alive(prefix, server) then
+      if is_alive(prefix, server, now) then
         expected = expected + 1
         total = total + redis.call('HLEN', prefix .. 'srv:' .. server .. ':conns')
       end

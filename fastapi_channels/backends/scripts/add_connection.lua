@@ -29,9 +29,9 @@ if previous then
   end
 end
 
-local total = 0
+local total, now = 0, now_ms()
 for _, other in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if other == server or is_alive(prefix, other) then
+  if other == server or is_alive(prefix, other, now) then
     total = total + redis.call('HLEN', prefix .. 'srv:' .. other .. ':conns')
   end
 end
@@ -43,7 +43,7 @@ if user ~= '' then
   local held = 0
   local fields = redis.call('HGETALL', KEYS[2])
   for i = 1, #fields, 2 do
-    if fields[i] == server or is_alive(prefix, fields[i]) then
+    if fields[i] == server or is_alive(prefix, fields[i], now) then
       held = held + tonumber(fields[i + 1])
     end
   end

@@ -1,6 +1,7 @@
 -- Publish one envelope and report whether every server that should hear it did.
 -- KEYS[1] epoch hash, KEYS[2] the topic's audience: a hash server -> count (group or user
--- topic), the servers zset (broadcast) or the owner's liveness key (inbox)
+-- topic), the servers zset (broadcast) or the owner's liveness key (inbox), KEYS[3] the
+-- servers zset (read for liveness: declared, see `is_alive`)
 -- ARGV[1] channel, ARGV[2] payload, ARGV[3] audience kind: 'counts' | 'servers' | 'owner'
 -- ARGV[4] key prefix, ARGV[5] epoch known to the caller ('' if none), ARGV[6] a fresh epoch
 -- id, ARGV[7] resync window ms, ARGV[8] '1' to always count the audience exactly

@@ -1,6 +1,7 @@
 -- Store one message of a history group, number it, and publish it: one call per send.
 -- KEYS[1] epoch hash, KEYS[2] the topic's audience (as in publish.lua), KEYS[3] the group's
--- stream, KEYS[4] the group's history hash (epoch, offset)
+-- stream, KEYS[4] the group's history hash (epoch, offset), KEYS[5] the servers zset (as in
+-- publish.lua)
 -- ARGV[1] channel, ARGV[2] what goes before the positions in the envelope (an origin tag, or
 -- ''), ARGV[3] what goes between them and the frame (an exclusion header, or ''), ARGV[4] the
 -- message: a JSON object's text, ARGV[5] audience kind, ARGV[6] key prefix, ARGV[7] cluster

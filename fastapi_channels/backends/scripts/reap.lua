@@ -5,8 +5,9 @@
 local prefix = ARGV[1]
 local batch = tonumber(ARGV[2])
 local done = 0
-for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
-  if not is_alive(prefix, server) then
+local now = now_ms()
+for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  if not is_alive(prefix, server, now) then
     local conns_key = prefix .. 'srv:' .. server .. ':conns'
     local members_key = prefix .. 'srv:' .. server .. ':members'
     local fields = redis.call('HRANDFIELD', conns_key, batch, 'WITHVALUES')
