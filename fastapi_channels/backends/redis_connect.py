@@ -229,7 +229,7 @@ def _waiting_cluster() -> type[Any]:
     does on one Redis, and no node ever holds more connections than that.
     """
     from redis.asyncio import RedisCluster
-    from redis.exceptions import ClusterError
+    from redis.exceptions import AskError, ClusterError, MovedError, TryAgainError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     class WaitingCluster(RedisCluster):
@@ -256,15 +256,44 @@ def _waiting_cluster() -> type[Any]:
             TRYAGAIN until the last batch has moved; redis-py gives up after 16 redirections
             (about 0.4 s) with "TTL exhausted". Only redirections and TRYAGAIN lead there
             (a connection error ends the attempt at once), so the command never ran and
-            sending it again is safe: for up to MIGRATION_PATIENCE seconds."""
-            deadline = asyncio.get_running_loop().time() + MIGRATION_PATIENCE
+            sending it again is safe: for up to MIGRATION_PATIENCE seconds.
+
+            A command whose keys have all moved is sent to the importing master after an
+            ASKING. redis-py 8.1's asyncio client sends that ASKING on one pooled connection
+            and the command on the next free one, which is another whenever the node has two
+            idle: the command bounces back (MOVED) until "TTL exhausted". So after the
+            first exhaustion the command goes on one connection of its own, ASKING included.
+            """
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + MIGRATION_PATIENCE
             while True:
                 try:
                     return await super().execute_command(*args, **kwargs)
                 except ClusterError as exc:
-                    if "TTL exhausted" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                    if "TTL exhausted" not in str(exc) or loop.time() > deadline:
                         raise
+                if not kwargs:
+                    try:
+                        return await self._on_one_connection(args)
+                    except (AskError, MovedError, TryAgainError):
+                        pass  # still moving (or just moved): the next round finds out
                 await asyncio.sleep(0.05)
+
+        async def _on_one_connection(self, args: tuple[Any, ...]) -> Any:
+            """Send `args` to the master of its slot; if that answers ASK, send ASKING and
+            then `args` to the importing master on one connection."""
+            slot = await self._determine_slot(*args)
+            owner = self.nodes_manager.get_node_from_slot(slot)
+            direct: Any = node_client(owner, owner.host, int(owner.port))
+            async with direct:
+                try:
+                    return await direct.execute_command(*args)
+                except AskError as ask:
+                    host, port = ask.host, int(ask.port)
+            importing: Any = node_client(owner, host, port, single_connection_client=True)
+            async with importing:
+                await importing.execute_command("ASKING")
+                return await importing.execute_command(*args)
 
     return WaitingCluster
 
@@ -309,10 +338,6 @@ async def home_pubsub(cluster: Any, home_key: str) -> redis.asyncio.client.PubSu
     finds the promoted replica, without making the shared client drop the connections its
     commands are using. The connection takes the client's settings (password, TLS, timeouts).
     """
-    import redis.asyncio
-    from redis.asyncio.connection import SSLConnection
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
     from redis.crc import key_slot
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
@@ -332,19 +357,27 @@ async def home_pubsub(cluster: Any, home_key: str) -> redis.asyncio.client.PubSu
         if master is None:
             failure = RedisError(f"no master serves slot {slot} (a failover under way?)")
             continue
-        accepted = _redis_parameters()
-        options = {
-            key: value
-            for key, value in node.connection_kwargs.items()
-            if key in accepted and key not in {"host", "port", "retry"}
-        }
-        if issubclass(node.connection_class, SSLConnection):
-            options["ssl"] = True
-        client = redis.asyncio.Redis(
-            host=master[0], port=int(master[1]), retry=Retry(NoBackoff(), 0), **options
-        )
-        return client.pubsub()
+        return node_client(node, master[0], int(master[1])).pubsub()
     raise RedisConnectionError(f"no node of the cluster answered CLUSTER SLOTS: {failure}")
+
+
+def node_client(node: Any, host: str, port: int, **extra: Any) -> redis.asyncio.Redis:
+    """A plain client of one cluster node at host:port, with the settings of `node` (one of
+    the cluster client's: password, TLS, timeouts), without retries."""
+    import redis.asyncio
+    from redis.asyncio.connection import SSLConnection
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    accepted = _redis_parameters()
+    options = {
+        key: value
+        for key, value in node.connection_kwargs.items()
+        if key in accepted and key not in {"host", "port", "retry"}
+    }
+    if issubclass(node.connection_class, SSLConnection):
+        options["ssl"] = True
+    return redis.asyncio.Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), **options, **extra)
 
 
 def sync_client(
