@@ -44,6 +44,11 @@ class WSConfig(BaseSettings):
     REDIS_SENTINEL_PASSWORD: SecretStr = SecretStr("")
     """The sentinels' own `requirepass` (empty: they take no password); the master's is REDIS_URL's."""
     REDIS_CHANNEL_PREFIX: str = "ws:"
+    REDIS_CLUSTER_PARTITIONS: int = Field(default=3, ge=1, le=64)  # redis_layout's bounds
+    """In cluster mode, how many slots (hash tags) the state is split over: groups hash over
+    them, the rest stays in the first. Each costs every server one pub/sub connection; set it to
+    the number of masters (each then holds one on an evenly sliced cluster). All servers and
+    emitters must agree: a server started with another value is refused. Unused elsewhere."""
     REDIS_REGISTRY_EXPIRY: int = Field(default=30, ge=2)
     REDIS_GROUP_EXPIRY: int = Field(default=86400, ge=1)
 

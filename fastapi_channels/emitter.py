@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi_channels import routing
 from fastapi_channels.backends.redis_connect import RedisTarget, async_client, sync_client
 from fastapi_channels.backends.redis_keys import RedisKeys
+from fastapi_channels.backends.redis_layout import Layout
 from fastapi_channels.backends.redis_publish import (
     PUBLISH_HISTORY_SCRIPT,
     PUBLISH_SCRIPT,
@@ -106,14 +107,20 @@ class _Core:
             )
         self.url = self.config.REDIS_URL
         self.target = RedisTarget.from_config(self.config)
-        self.keys = RedisKeys(self.target.key_prefix(self.config.REDIS_CHANNEL_PREFIX), "")
+        prefix = self.config.REDIS_CHANNEL_PREFIX
+        partitions = self.config.REDIS_CLUSTER_PARTITIONS
+        # The servers' layout (`redis_layout`): a group's send goes to its partition's slot.
+        self.layout = Layout.cluster(prefix, partitions) if self.target.sharded else Layout.single(prefix)
+        self.partition_keys = [RedisKeys(p, "") for p in self.layout.prefixes]
+        self.keys = self.partition_keys[0]
+        self.layout_checked = not self.target.sharded
         self.serializer = get_serializer(self.config.WS_SERIALIZER, allow_pickle=self.config.WS_ALLOW_PICKLE)
         self.strict = self.config.WS_STRICT_DELIVERY
         self.history = HistoryPolicy(
             list(self.config.WS_HISTORY_GROUPS), self.config.WS_HISTORY_SIZE, self.config.WS_HISTORY_TTL
         )
         self.counters = EmitterCounters()
-        self.epoch = ""  # the cluster-state epoch this emitter last saw
+        self.epochs = [""] * len(self.layout)  # the cluster-state epoch last seen, per partition
         self.closed = False
         self._lock = threading.Lock()
 
@@ -157,16 +164,35 @@ class _Core:
         kind: Kind = "disconnect" if command["op"] == "disconnect" else "control"
         return _Send(routing.inbox_topic(owner), routing.encode_control(command), kind, channel=connection_id)
 
+    def judge_layout(self, recorded: bytes | str | None) -> None:
+        """Check the servers' partition count (what they recorded at home, None before any
+        server started) against ours: with another, a group's send would go to a slot where
+        nobody counts its members and reach nobody without a shortfall."""
+        if recorded is None:
+            return  # no server yet: nobody to reach; asked again at the next send
+        value = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+        if value != str(len(self.layout)):
+            raise BackendError(
+                f"the servers on {self.target.describe()} split their state into {value} partitions, "
+                f"this emitter into {len(self.layout)}: set REDIS_CLUSTER_PARTITIONS={value}",
+                error_code="BACKEND_MISCONFIGURED",
+                component="emitter",
+                retryable=False,
+            )
+        self.layout_checked = True
+
     def call(self, send: _Send) -> tuple[str, list[str], list[Any]]:
         """The script to run for `send`, with its KEYS and ARGV."""
         if self.closed:
             raise RuntimeError("this emitter is closed")
-        epoch = epoch_args(self.epoch, RESYNC_WINDOW_MS)
+        index = self.layout.of_topic(send.topic)
+        keys_here = self.partition_keys[index]
+        epoch = epoch_args(self.epochs[index], RESYNC_WINDOW_MS)
         if send.store is not None:
             group, body, exclude = send.store
             history = self.history
             keys, args = publish_history_call(
-                self.keys,
+                keys_here,
                 group,
                 b"",
                 routing.exclusion_header(exclude),
@@ -176,7 +202,7 @@ class _Core:
                 ttl=history.ttl,
             )
             return PUBLISH_HISTORY_SCRIPT, keys, args
-        keys, args = publish_call(self.keys, send.topic, send.envelope, epoch, exact=send.exact)
+        keys, args = publish_call(keys_here, send.topic, send.envelope, epoch, exact=send.exact)
         return PUBLISH_SCRIPT, keys, args
 
     # --- what came of it -----------------------------------------------------------------------
@@ -193,11 +219,13 @@ class _Core:
 
     def judge(self, send: _Send, answer: Any) -> Delivery:
         delivery, epoch = delivery_of(answer)
+        index = self.layout.of_topic(send.topic)
         with self._lock:
             self.counters.messages_published += 1
-            if self.epoch and epoch != self.epoch:
-                logger.warning("Redis lost the cluster state (epoch %s -> %s)", self.epoch, epoch)
-            self.epoch = epoch
+            known = self.epochs[index]
+            if known and epoch != known:
+                logger.warning("Redis lost the cluster state (epoch %s -> %s)", known, epoch)
+            self.epochs[index] = epoch
             short = not delivery.complete
             if short:
                 self.counters.delivery_shortfalls += 1
@@ -285,7 +313,14 @@ class Emitter:
             await self._client.aclose()
 
     async def _send(self, send: _Send) -> Delivery:
-        script, keys, args = self._core.call(send)
+        core = self._core
+        if not core.layout_checked:
+            try:
+                recorded = await self._client.get(core.keys.layout)
+            except Exception as exc:
+                raise core.failed(exc) from exc
+            core.judge_layout(recorded)
+        script, keys, args = core.call(send)
         try:
             answer = await self._scripts[script](keys=keys, args=args)
         except Exception as exc:
@@ -399,7 +434,14 @@ class SyncEmitter:
             self._client.close()
 
     def _send(self, send: _Send) -> Delivery:
-        script, keys, args = self._core.call(send)
+        core = self._core
+        if not core.layout_checked:
+            try:
+                recorded = self._client.get(core.keys.layout)
+            except Exception as exc:
+                raise core.failed(exc) from exc
+            core.judge_layout(recorded)
+        script, keys, args = core.call(send)
         try:
             answer = self._scripts[script](keys=keys, args=args)
         except Exception as exc:

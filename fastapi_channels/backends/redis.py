@@ -1,7 +1,9 @@
 """RedisBackend: many server processes sharing one Redis behave like one server.
 
-One pub/sub connection per process carries every topic this server needs (its groups,
-users, inbox, broadcast): `redis_reader` owns it. A send is one script call whatever the
+One pub/sub connection per process and per partition (`redis_layout`: one on one Redis, one
+per hash tag on a cluster) carries every topic this server needs there (its groups, users,
+inbox, broadcast): `redis_reader` owns it, `redis_partition` keeps it with that partition's
+state. A send is one script call whatever the
 group's size, and it answers how many servers got the message against how many have
 members of its topic, so a send that reached fewer is never a silent success. Cluster state
 (slots, memberships, liveness, its epoch) lives in `redis_state`'s scripts; a killed server's
@@ -11,8 +13,9 @@ Failure handling is part of the design: the reader reconnects at once and then w
 backoff, subscribes every wanted topic again and writes this server's state back (under the
 limits) when Redis lost it; a probe through its own channel catches a subscription that went
 deaf without an error; outages are reported to a listener.
-Needs a non-cluster Redis >= 6.2: one server, or a master behind Redis Sentinel (`redis_connect`
-builds the client either way; after a failover the reader's reconnect reaches the new master).
+Needs Redis >= 6.2: one server, or a master behind Redis Sentinel, or Redis >= 7 in a cluster
+(`redis_connect` builds the client; after a failover the reader's reconnect reaches the new
+master).
 """
 
 from __future__ import annotations
@@ -20,32 +23,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
 from fastapi_channels import routing
 from fastapi_channels.backends.base import Admission, BaseBackend, Delivery, MessageHandler
-from fastapi_channels.backends.redis_connect import RedisTarget, async_client, home_pubsub
+from fastapi_channels.backends.redis_connect import RedisTarget, async_client
 from fastapi_channels.backends.redis_keys import RedisKeys
-from fastapi_channels.backends.redis_reader import PubSubReader, ReaderState
+from fastapi_channels.backends.redis_layout import DEFAULT_PARTITIONS, Layout
+from fastapi_channels.backends.redis_partition import Partition
+from fastapi_channels.backends.redis_publish import delivery_of, publish_call, publish_history_call
+from fastapi_channels.backends.redis_reader import PubSubReader
 from fastapi_channels.backends.redis_state import ClusterState
 from fastapi_channels.exceptions import BackendError
 from fastapi_channels.history import HistoryEntry, HistoryRead
 from fastapi_channels.redact import redact_url
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import PubSub
-
     from fastapi_channels.config import WSConfig
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger(__name__)
 
-_SUBSCRIBE_CONFIRM_TIMEOUT = 5.0
 RESYNC_WINDOW = 2.0
 """Seconds after Redis lost its data during which every server is expected to have written
 its state back; until then sends cannot be verified and new connections wait."""
@@ -68,13 +69,16 @@ class RedisBackend(BaseBackend):
         self_check_interval: float | None = None,
         resync_window: float = RESYNC_WINDOW,
         target: RedisTarget | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
     ) -> None:
-        """`target` says how to reach Redis (a sentinel-managed master, ...); without it, the
-        one Redis at `url`."""
+        """`target` says how to reach Redis (a sentinel-managed master, a cluster, ...); without
+        it, the one Redis at `url`. `partitions`: how many slots a cluster's state is split
+        over (`redis_layout`); one Redis has one."""
         super().__init__()
         self.target = target if target is not None else RedisTarget(url)
         self.url = self.target.url
-        self.prefix = self.target.key_prefix(prefix)  # a hash tag on a cluster: one slot for all
+        self.layout = Layout.cluster(prefix, partitions) if self.target.sharded else Layout.single(prefix)
+        self.prefix = self.layout.home
         self.registry_expiry = registry_expiry
         self.group_expiry = group_expiry
         self.reconnect_attempts = reconnect_attempts
@@ -86,30 +90,31 @@ class RedisBackend(BaseBackend):
             if self_check_interval is not None
             else max(0.5, min(2.0, registry_expiry / 3))
         )
-        self.keys = RedisKeys(self.prefix, "")
         self.server_id = ""
         self._client: Redis | None = None
         self._handler: MessageHandler | None = None
-        self.state = self._new_state()
-        self.reader: PubSubReader | None = None
+        self.partitions = self._new_partitions("")
         self._keeper: asyncio.Task[None] | None = None
-        self._rewriting: asyncio.Task[None] | None = None
-        self._probe_sent = 0.0
+        self._down: set[int] = set()  # partitions whose reader is not confirmed since it was lost
         self.outages = 0
-        self.deaf_repairs = 0
 
-    def _new_state(self) -> ClusterState:
-        return ClusterState(
-            self.keys,
-            registry_expiry=self.registry_expiry,
-            group_expiry=self.group_expiry,
-            resync_window=self.resync_window,
-            # Behind Sentinel or in a cluster a promoted replica may lack the old master's last
-            # writes: the heartbeat then finds another Redis process under the state and treats
-            # it as lost.
-            check_writer=self.target.mode != "standalone",
-            sharded=self.target.sharded,
-        )
+    def _new_partitions(self, server_id: str) -> list[Partition]:
+        return [
+            Partition(
+                index,
+                RedisKeys(prefix, server_id),
+                registry_expiry=self.registry_expiry,
+                group_expiry=self.group_expiry,
+                resync_window=self.resync_window,
+                tick=self.tick,
+                # Behind Sentinel or in a cluster a promoted replica may lack the old master's
+                # last writes: the heartbeat then finds another Redis process under the state
+                # and treats it as lost.
+                check_writer=self.target.mode != "standalone",
+                sharded=self.target.sharded,
+            )
+            for index, prefix in enumerate(self.layout.prefixes)
+        ]
 
     @classmethod
     def from_config(cls, config: WSConfig) -> RedisBackend:
@@ -121,6 +126,7 @@ class RedisBackend(BaseBackend):
             reconnect_attempts=config.WS_RECONNECT_MAX_ATTEMPTS,
             reconnect_delay=config.WS_RECONNECT_DELAY,
             target=RedisTarget.from_config(config),
+            partitions=config.REDIS_CLUSTER_PARTITIONS,
         )
 
     @property
@@ -129,15 +135,48 @@ class RedisBackend(BaseBackend):
             raise BackendError("the Redis backend is not started", error_code="BACKEND_NOT_STARTED")
         return self._client
 
+    # The home partition's parts: all there is on one Redis.
+    @property
+    def home(self) -> Partition:
+        return self.partitions[0]
+
+    @property
+    def keys(self) -> RedisKeys:
+        return self.home.keys
+
+    @property
+    def state(self) -> ClusterState:
+        return self.home.state
+
+    @property
+    def reader(self) -> PubSubReader | None:
+        return self.home.reader
+
     @property
     def state_rewrites(self) -> int:
-        return self.state.rewrites
+        return sum(partition.state.rewrites for partition in self.partitions)
+
+    @property
+    def deaf_repairs(self) -> int:
+        return sum(partition.deaf_repairs for partition in self.partitions)
+
+    @property
+    def pubsub_lag(self) -> float | None:  # type: ignore[override]
+        """The slowest partition's last probe round trip."""
+        lags = [p.pubsub_lag for p in self.partitions if p.pubsub_lag is not None]
+        return max(lags) if lags else None
+
+    def _partition_of(self, topic: str) -> Partition:
+        return self.partitions[self.layout.of_topic(topic)]
+
+    def _group_partition(self, group: str) -> Partition:
+        return self.partitions[self.layout.of_group(group)]
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self, server_id: str, on_message: MessageHandler) -> None:
         self.server_id = server_id
-        self.keys = RedisKeys(self.prefix, server_id)
-        self.state = self._new_state()
+        self.partitions = self._new_partitions(server_id)
+        self._down.clear()
         self._handler = on_message
         # A bounded pool that makes callers wait for a free connection (up to 10 s) instead of
         # failing when a burst of connects or closes all need Redis at once. No automatic
@@ -155,43 +194,35 @@ class RedisBackend(BaseBackend):
         )
         try:
             await self._connect_with_retries()
-            self.state.bind(self._client)
-            # State left by an earlier process with this server id belongs to no connection now.
-            await self.state.retire()
-            await self._until_trusted()
-            self.reader = PubSubReader(
-                self._open_pubsub,
-                channel_prefix=self.prefix,
-                probe_channel=self.keys.probe,
-                on_message=self._deliver,
-                on_event=self._on_reader_event,
-                confirm_timeout=_SUBSCRIBE_CONFIRM_TIMEOUT,
-                sharded=self.target.sharded,
-            )
-            await self.reader.start()
+            await self._check_layout()
+            for partition in self.partitions:
+                await partition.start(self._client, self._deliver, self._on_reader_event)
         except BaseException:
+            for partition in self.partitions:
+                await partition.stop()
             await self._close_client()
-            self.reader = None
             raise
         self._keeper = asyncio.get_running_loop().create_task(
             self._keep_loop(), name="fastapi-channels-redis-keeper"
         )
 
-    async def _open_pubsub(self) -> PubSub:
-        """A new pub/sub connection for the reader: on a cluster, to the master serving the
-        slot of our channels (found anew each time: it changes with a failover)."""
-        if self.target.sharded:
-            return await home_pubsub(self.client, self.keys.probe)
-        return self.client.pubsub()
-
-    async def _until_trusted(self) -> None:
-        """Register, and wait out a resync window in progress (Redis just lost, or may have
-        lost, its state: the other servers are writing theirs back) before taking clients."""
-        deadline = time.monotonic() + self.resync_window + 1
-        await self.state.heartbeat()
-        while not self.state.trusted and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            await self.state.heartbeat()
+    async def _check_layout(self) -> None:
+        """On a cluster, record how many partitions the state is split into, or refuse to
+        start with another count than the servers already running: a group would be looked
+        for in the wrong slot, and a send to it would reach nobody without a shortfall."""
+        if len(self.layout) == 1 and not self.target.sharded:
+            return
+        count = str(len(self.layout))
+        answer = await self.client.set(self.keys.layout, count, nx=True, get=True)
+        recorded = None if answer is None else _text(answer)  # type: ignore[arg-type]
+        if recorded is not None and recorded != count:
+            raise BackendError(
+                f"the servers on {self.target.describe()} split their state into {recorded} "
+                f"partitions, this one into {count}: set REDIS_CLUSTER_PARTITIONS={recorded} "
+                "(to change it, stop every server first)",
+                error_code="BACKEND_MISCONFIGURED",
+                retryable=False,
+            )
 
     async def _connect_with_retries(self) -> None:
         attempts = self.reconnect_attempts + 1
@@ -250,22 +281,19 @@ class RedisBackend(BaseBackend):
         return None
 
     async def stop(self) -> None:
-        for task in (self._keeper, self._rewriting):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._keeper = self._rewriting = None
-        if self.reader is not None:
-            await self.reader.stop()
-            self.reader = None
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keeper
+        self._keeper = None
+        for partition in self.partitions:
+            await partition.stop()
         if self._client is not None:
-            try:
-                await self.state.retire()
-            except Exception as exc:
-                logger.warning("could not remove this server's state from Redis (it will expire): %s", exc)
+            for partition in self.partitions:
+                await partition.retire()
         await self._close_client()
-        self.state.clear()
+        for partition in self.partitions:
+            partition.state.clear()
         self._handler = None
 
     async def _close_client(self) -> None:
@@ -275,35 +303,21 @@ class RedisBackend(BaseBackend):
             self._client = None
 
     # --- topics --------------------------------------------------------------------------------
-    def _audience(self, topic: str) -> tuple[str, str]:
-        """The key that says who should hear `topic`, and how to read it (see publish.lua)."""
-        kind, _, name = topic.partition(":")
-        if kind == "group":
-            return self.keys.group_servers(name), "counts"
-        if kind == "user":
-            return self.keys.user(name), "counts"
-        if kind == "inbox":
-            return self.keys.alive_of(name), "owner"
-        return self.keys.servers, "servers"
+    def publish_call(self, topic: str, payload: bytes, *, exact: bool) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of a send's `publish` call: in the topic's partition (an emitter's
+        is the same, `redis_publish.publish_call` on the same layout)."""
+        partition = self._partition_of(topic)
+        return publish_call(partition.keys, topic, payload, partition.state.epoch_args(), exact=exact)
 
     async def _publish(self, topic: str, payload: bytes, *, exact: bool) -> Delivery:
-        audience, kind = self._audience(topic)
-        state = self.state
-        reached, expected, connections, epoch = await state.script("publish")(
-            keys=[self.keys.epoch, audience, self.keys.servers],
-            args=[
-                self.keys.channel(topic),
-                payload,
-                kind,
-                self.prefix,
-                *state.epoch_args(),
-                "1" if exact else "0",
-            ],
-        )
+        partition = self._partition_of(topic)
+        state = partition.state
+        keys, args = self.publish_call(topic, payload, exact=exact)
+        answer = await state.script("publish")(keys=keys, args=args)
+        delivery, epoch = delivery_of(answer)
         if state.learn_epoch(epoch):
-            self._schedule_rewrite()
-        expected = int(expected)
-        return Delivery(int(reached), None if expected < 0 else expected, int(connections))
+            partition.schedule_rewrite(self._evict)
+        return delivery
 
     async def publish(self, topic: str, payload: bytes) -> Delivery:
         return await self._publish(topic, payload, exact=False)
@@ -311,33 +325,21 @@ class RedisBackend(BaseBackend):
     async def publish_history(
         self, topic: str, group: str, outer: bytes, inner: bytes, body: str, size: int, ttl: int
     ) -> tuple[Delivery, int, str]:
-        audience, kind = self._audience(topic)
-        state = self.state
-        keys = self.keys
-        reached, expected, connections, epoch, offset, history_epoch = await state.script("publish_history")(
-            keys=[keys.epoch, audience, keys.history(group), keys.history_position(group), keys.servers],
-            args=[
-                keys.channel(topic),
-                outer,
-                inner,
-                body,
-                kind,
-                self.prefix,
-                *state.epoch_args(),
-                size,
-                ttl,
-                uuid.uuid4().hex[:16],
-            ],
+        partition = self._group_partition(group)
+        state = partition.state
+        keys, args = publish_history_call(
+            partition.keys, group, outer, inner, body, state.epoch_args(), size=size, ttl=ttl
         )
+        answer = await state.script("publish_history")(keys=keys, args=args)
+        delivery, epoch = delivery_of(answer)
         if state.learn_epoch(epoch):
-            self._schedule_rewrite()
-        expected = int(expected)
-        delivery = Delivery(int(reached), None if expected < 0 else expected, int(connections))
-        return delivery, int(offset), _text(history_epoch)
+            partition.schedule_rewrite(self._evict)
+        return delivery, int(answer[4]), _text(answer[5])
 
     async def read_history(self, group: str, after: int, limit: int, size: int, ttl: int) -> HistoryRead:
-        keys = self.keys
-        answer = await self.state.script("read_history")(
+        partition = self._group_partition(group)
+        keys = partition.keys
+        answer = await partition.state.script("read_history")(
             keys=[keys.history(group), keys.history_position(group), keys.epoch], args=[after, limit, size]
         )
         epoch, offset, first, *flat = answer
@@ -353,32 +355,29 @@ class RedisBackend(BaseBackend):
         return await self._publish(user_topic, payload, exact=True)
 
     async def subscribe(self, topic: str) -> None:
-        if self.reader is None:
+        reader = self._partition_of(topic).reader
+        if reader is None:
             raise BackendError("the Redis backend is not started", error_code="BACKEND_NOT_STARTED")
-        await self.reader.subscribe(topic)
+        await reader.subscribe(topic)
 
     def listening(self, topic: str) -> bool:
-        reader = self.reader
+        reader = self._partition_of(topic).reader
         return reader is not None and reader.listening(topic)
 
     def not_ready(self) -> str | None:
         """`backend_stopped`, `backend_connecting`, `backend_down`, or `backend_resyncing` while
-        the servers write their state back after Redis lost it (new connections are refused)."""
-        reader = self.reader
-        if reader is None:
-            return "backend_stopped"
-        if reader.state is ReaderState.DOWN:
-            return "backend_down"
-        if reader.state is not ReaderState.READY:
-            return "backend_connecting"
-        changed = self.state.epoch_changed_at
-        if changed and time.monotonic() - changed < self.resync_window:
-            return "backend_resyncing"
+        the servers write their state back after Redis lost it (new connections are refused).
+        On a cluster, any partition's: a client may join a group of any of them."""
+        for partition in self.partitions:
+            reason = partition.not_ready()
+            if reason is not None:
+                return reason
         return None
 
     async def unsubscribe(self, topic: str) -> None:
-        if self.reader is not None:
-            await self.reader.unsubscribe(topic)
+        reader = self._partition_of(topic).reader
+        if reader is not None:
+            await reader.unsubscribe(topic)
 
     def _deliver(self, topic: str, payload: bytes) -> None:
         handler = self._handler
@@ -386,81 +385,40 @@ class RedisBackend(BaseBackend):
             handler(topic, payload)
 
     # --- outages -------------------------------------------------------------------------------
-    def _on_reader_event(self, event: str, error: BaseException | None) -> None:
+    def _on_reader_event(self, index: int, event: str, error: BaseException | None) -> None:
+        """A reader lost or got back its subscriptions. The listener hears one outage from the
+        first partition lost to the last one back: what it missed may be in any of them."""
+        partition = self.partitions[index]
         if event == "lost":
+            partition.on_lost()
+            if index in self._down:
+                return
+            self._down.add(index)
+            if len(self._down) > 1:
+                return
             self.outages += 1
-            self._probe_sent = 0.0
         else:
             # Confirmed again: if Redis lost our state meanwhile, write it back now, not at the
             # keeper's next tick (the resync window is counting).
-            self._schedule_rewrite(check=True)
-        self._emit(event, error)
-
-    def _schedule_rewrite(self, *, check: bool = False) -> None:
-        if self._rewriting is not None and not self._rewriting.done():
-            return
-        self._rewriting = asyncio.get_running_loop().create_task(
-            self._rewrite(check), name="fastapi-channels-redis-rewrite"
-        )
-
-    async def _rewrite(self, check: bool) -> None:
-        try:
-            if check and not await self.state.heartbeat():
+            partition.schedule_rewrite(self._evict, check=True)
+            self._down.discard(index)
+            if self._down:
                 return
-            refused = await self.state.rewrite()
-        except Exception as exc:
-            logger.warning("writing this server's state back failed (the keeper retries): %s", exc)
-            return
-        evict = self._evict
-        for channel, admission in refused:
-            logger.warning("connection %s no longer fits the limits (%s): closing it", channel, admission)
-            if evict is not None:
-                evict(channel, admission)
+        self._emit(event, error)
 
     # --- keeper: liveness, reaping, group expiry, deafness probe -----------------------------------
     async def _keep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
-            try:
-                if await self.state.heartbeat():
-                    await self._rewrite(check=False)
-                await self.state.retry_removals()
-                await self.state.reap()
-                await self.state.refresh_groups_if_due()
-                await self._probe()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("Redis keeper step failed: %s", exc)
+            for partition in self.partitions:
+                try:
+                    await partition.keep(self._evict)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.warning("Redis keeper step failed: %s", exc)
 
-    async def _probe(self) -> None:
-        """Publish to our own probe channel; if the last probe never came back, rebuild the reader.
-
-        Judged only while the reader is confirmed and only for a probe sent after that, so a
-        probe published during a reconnect never condemns the fresh subscription.
-        """
-        reader = self.reader
-        if reader is None or reader.state is not ReaderState.READY:
-            self._probe_sent = 0.0
-            return
-        now = time.monotonic()
-        sent = self._probe_sent
-        if sent and reader.probe_seen >= sent:
-            self.pubsub_lag = reader.probe_seen - sent  # the last probe's round trip
-        if sent and sent > reader.ready_at and reader.probe_seen < sent:
-            if now - sent >= self.tick:
-                self.deaf_repairs += 1
-                self._probe_sent = 0.0
-                logger.error("pub/sub subscription stopped delivering (probe lost): reconnecting it")
-                reader.reconnect(RuntimeError("self-check probe not delivered"))
-            return
-        self._probe_sent = now
-        if self.target.sharded:
-            await self.client.spublish(self.keys.probe, b"probe")
-        else:
-            await self.client.publish(self.keys.probe, b"probe")
-
-    # --- connections ---------------------------------------------------------------------------
+    # --- connections: at home ------------------------------------------------------------------
     async def add_connection(
         self, channel_name: str, user_id: str | None, *, max_per_user: int, max_total: int
     ) -> Admission:
@@ -477,21 +435,34 @@ class RedisBackend(BaseBackend):
     async def count_user_connections(self, user_id: str) -> int:
         return await self.state.count_user_connections(user_id)
 
-    # --- groups --------------------------------------------------------------------------------
+    # --- groups: in their partition ------------------------------------------------------------
     async def group_add(self, group: str, channel_name: str, *, max_groups: int) -> bool:
-        return await self.state.group_add(group, channel_name, max_groups=max_groups)
+        partition = self._group_partition(group)
+        count_others = None
+        if len(self.partitions) > 1:
+
+            async def count_others() -> int:
+                # Not atomic with the add: groups made at the same instant in other
+                # partitions can take the total past max_groups, by one per partition.
+                others = [p for p in self.partitions if p is not partition]
+                return sum(await asyncio.gather(*(p.state.count_groups() for p in others)))
+
+        return await partition.state.group_add(
+            group, channel_name, max_groups=max_groups, count_others=count_others
+        )
 
     async def group_discard(self, group: str, channel_name: str) -> None:
-        await self.state.group_discard(group, channel_name)
+        await self._group_partition(group).state.group_discard(group, channel_name)
 
     async def group_members(self, group: str) -> set[str]:
-        return await self.state.group_members(group)
+        return await self._group_partition(group).state.group_members(group)
 
     async def group_size(self, group: str) -> int:
-        return await self.state.group_size(group)
+        return await self._group_partition(group).state.group_size(group)
 
     async def count_groups(self) -> int:
-        return await self.state.count_groups()
+        counts = await asyncio.gather(*(p.state.count_groups() for p in self.partitions))
+        return sum(counts)
 
 
 def _text(value: bytes | str) -> str:

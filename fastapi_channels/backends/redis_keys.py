@@ -18,6 +18,12 @@ Pure string building, kept apart so the layout is readable in one place::
     <p>groups                    zset <group> -> expiry deadline (ms): the cluster's group count
     <p><topic>                   pub/sub channels: group:<g>, user:<u>, inbox:<server>, broadcast
     <p>probe:<server>            pub/sub channel of the server's deafness self-check
+    <p>partitions                on a cluster, in the home partition: how many partitions the
+                                 servers split the state into (`redis_layout`), so a process
+                                 started with another REDIS_CLUSTER_PARTITIONS is refused
+
+On a cluster `<p>` is one hash tag per partition (`redis_layout`): a group's keys and channel
+under its partition's, the rest under the home's.
 
 Counts are kept per server so that every check on a connect, join or send path costs
 O(servers), and a dead server's share is one field to drop.
@@ -70,6 +76,7 @@ class RedisKeys:
         self.groups = f"{prefix}groups"
         self.probe = f"{prefix}probe:{server_id}"
         self.epoch = f"{prefix}epoch"
+        self.layout = f"{prefix}partitions"
 
     def alive_of(self, server_id: str) -> str:
         return f"{self.prefix}alive:{server_id}"

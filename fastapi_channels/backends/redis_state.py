@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -223,15 +223,28 @@ class ClusterState:
         return int(await self._scripts["sum_live"](keys=[self.keys.user(user_id)], args=[self.keys.prefix]))
 
     # --- groups --------------------------------------------------------------------------------
-    async def group_add(self, group: str, channel_name: str, *, max_groups: int) -> bool:
+    async def group_add(
+        self,
+        group: str,
+        channel_name: str,
+        *,
+        max_groups: int,
+        count_others: Callable[[], Awaitable[int]] | None = None,
+    ) -> bool:
+        """`count_others` counts the groups of the other partitions (a cluster): asked only
+        when the group is new here, so joining a group that exists stays one call."""
         self.pending_removals.pop(("member", group, channel_name), None)
         with _under_way(self._joining, (group, channel_name)):
-            added = await self._group_add(group, channel_name, max_groups)
-            if added:
+            added = await self._group_add(group, channel_name, max_groups, -1 if count_others else 0)
+            if added < 0 and count_others is not None:
+                added = await self._group_add(group, channel_name, max_groups, await count_others())
+            if added > 0:
                 self.memberships.add((group, channel_name))
-        return added
+        return added > 0
 
-    def _group_add_call(self, group: str, channel_name: str, max_groups: int) -> tuple[list[Any], list[Any]]:
+    def _group_add_call(
+        self, group: str, channel_name: str, max_groups: int, others: int = 0
+    ) -> tuple[list[Any], list[Any]]:
         keys = self.keys
         return (
             [keys.group(group), keys.groups, keys.members, keys.group_servers(group)],
@@ -242,11 +255,14 @@ class ClusterState:
                 self.group_expiry,
                 keys.membership(group, channel_name),
                 keys.server_id,
+                others,
             ],
         )
 
-    async def _group_add(self, group: str, channel_name: str, max_groups: int) -> bool:
-        return bool(await self._scripts["group_add"](*self._group_add_call(group, channel_name, max_groups)))
+    async def _group_add(self, group: str, channel_name: str, max_groups: int, others: int) -> int:
+        """1 added, 0 refused (max_groups), -1 a new group and `others` was -1 (count them)."""
+        call = self._group_add_call(group, channel_name, max_groups, others)
+        return int(await self._scripts["group_add"](*call))
 
     async def group_discard(self, group: str, channel_name: str) -> None:
         self.memberships.discard((group, channel_name))

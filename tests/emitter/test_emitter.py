@@ -12,12 +12,14 @@ import time
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from websockets.exceptions import ConnectionClosed
 
 from fastapi_channels import Emitter, SyncEmitter, WSConfig
 from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.backends.redis_keys import RedisKeys
 from fastapi_channels.backends.redis_publish import audience
+from fastapi_channels.emitter import _Core, _Send
 from fastapi_channels.exceptions import BackendError, ConnectionError, DeliveryError, ValidationError
 from fastapi_channels.testing import free_port
 from tests.emitter.conftest import TwoServers, eventually, redis_config
@@ -280,12 +282,32 @@ def test_invalid_names_are_refused_before_they_reach_redis(
         assert emitter.counters.messages_published == 0
 
 
-def test_the_publish_audience_is_the_backends(redis_prefix: str) -> None:
-    """The emitters and RedisBackend build the same `publish` call for every kind of topic."""
-    backend = RedisBackend(prefix=redis_prefix)
-    keys = RedisKeys(redis_prefix, "")
-    for topic in ("group:room", "group:Café|x", "user:alice", "inbox:server-1", "broadcast"):
-        assert audience(keys, topic) == backend._audience(topic)
+@pytest.mark.parametrize(("mode", "partitions"), [("standalone", 1), ("cluster", 3), ("cluster", 5)])
+def test_the_publish_call_is_the_backends(redis_prefix: str, mode: str, partitions: int) -> None:
+    """The emitters and RedisBackend build the same `publish` call for every kind of topic: the
+    same keys, in the same partition of a cluster's layout, and the same channel."""
+    config = WSConfig(
+        BACKEND_TYPE="redis",
+        REDIS_MODE=mode,
+        REDIS_CHANNEL_PREFIX=redis_prefix,
+        REDIS_CLUSTER_PARTITIONS=partitions,
+    )
+    backend = RedisBackend.from_config(config)
+    core = _Core(config)
+    topics = ["group:room", "group:Café|x", "user:alice", "inbox:server-1", "broadcast"]
+    topics += [f"group:g{i}" for i in range(40)]
+    slots = set()
+    for topic in topics:
+        keys, args = backend.publish_call(topic, b"payload", exact=False)
+        _, emitter_keys, emitter_args = core.call(_Send(topic, b"payload", "fanout"))
+        assert emitter_keys == keys
+        assert emitter_args[:3] == args[:3]  # channel, payload, audience kind
+        if mode == "cluster":  # every key and the channel in the partition's slot
+            assert {key_slot(name.encode()) for name in [*keys, args[0]]} == {key_slot(keys[0].encode())}
+        slots.add(key_slot(keys[0].encode()))
+        home = RedisKeys(backend.layout.prefixes[backend.layout.of_topic(topic)], "")
+        assert audience(home, topic)[0] in keys
+    assert len(slots) == (partitions if mode == "cluster" else 1)
 
 
 async def test_a_closed_emitter_refuses_to_send_and_closing_twice_is_harmless(

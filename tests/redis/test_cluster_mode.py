@@ -22,6 +22,7 @@ from redis.crc import key_slot
 from fastapi_channels import ConnectionManager, SyncEmitter, WSConfig
 from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.backends.redis_connect import RedisTarget
+from fastapi_channels.backends.redis_layout import DEFAULT_PARTITIONS, Layout
 from fastapi_channels.exceptions import BackendError
 from fastapi_channels.testing import ServerHandle, serve
 from tests.app import create_app
@@ -62,10 +63,29 @@ async def servers(
         ]
 
 
-def home_master(deployment: ClusterDeployment, prefix: str) -> Node:
-    """The master serving the slot of every key and channel of `prefix`: its hash tag's."""
-    slot = key_slot(("{" + prefix + "}").encode())
+def partition_prefix(prefix: str, group: str | None = None) -> str:
+    """The key prefix (a hash tag) of a group's partition, or of the home without a group."""
+    layout = Layout.cluster(prefix, DEFAULT_PARTITIONS)
+    return layout.prefixes[0 if group is None else layout.of_group(group)]
+
+
+def partition_slot(prefix: str, group: str | None = None) -> int:
+    return key_slot(partition_prefix(prefix, group).encode())
+
+
+def master_of(deployment: ClusterDeployment, slot: int) -> Node:
     return next(master for master in deployment.masters() if slot in deployment.slots_of(master))
+
+
+def home_master(deployment: ClusterDeployment, prefix: str) -> Node:
+    """The master serving the home partition: connections, users, inboxes, broadcast."""
+    return master_of(deployment, partition_slot(prefix))
+
+
+def room_master(deployment: ClusterDeployment, prefix: str) -> Node:
+    """The master serving the partition of "room" (not the home's: the tests rely on that)."""
+    assert Layout.cluster(prefix, DEFAULT_PARTITIONS).of_group("room") != 0
+    return master_of(deployment, partition_slot(prefix, "room"))
 
 
 async def watched_room_members(
@@ -81,33 +101,50 @@ async def watched_room_members(
     return clients, receivers
 
 
-async def test_every_key_and_channel_hashes_to_the_prefix_slot_on_one_master(
+async def test_each_partition_keeps_its_keys_in_its_own_slot_on_its_own_master(
     redis_cluster: ClusterDeployment, redis_prefix: str
 ) -> None:
     """The scripts touch keys they build themselves; on a cluster each must be in the slot of
     the script's declared keys, or Redis refuses it. After a busy minute of state (users,
-    groups, history, a server gone), every key is on the one master, in the one slot."""
+    groups over every partition, history, a server gone), every key of a partition is in that
+    partition's slot, and the three partitions are on the three masters."""
     settings = {"WS_HISTORY_GROUPS": "hist", "REDIS_REGISTRY_EXPIRY": 3}  # a keeper tick a second
+    layout = Layout.cluster(redis_prefix, DEFAULT_PARTITIONS)
+    groups = ["room", "small", "hist", "chat", "general"]
+    assert {layout.of_group(group) for group in groups} == {0, 1, 2}
     async with servers(redis_cluster, redis_prefix, **settings) as [(s0, m0), (s1, _)]:
         clients = [await Client.open(s.ws_url, f"u{i % 3}") for i, s in enumerate((s0, s1, s0, s1))]
         for client in clients:
-            await client.call("joined", op="join", group="room")
-            await client.call("joined", op="join", group="hist")
+            for group in groups:
+                await client.call("joined", op="join", group=group)
         await clients[0].send(op="group", group="hist", data="kept")
         for client in clients:
             assert (await client.expect("group"))["data"] == "kept"
-        assert await m0.count_connections() == 4 and await m0.group_size("room") == 4
-        # The deafness self-check goes through the shard as well: SPUBLISH, back on SSUBSCRIBE.
+        await clients[1].send(op="group", group="general", data="spread")
+        for client in clients:
+            assert (await client.expect("group"))["data"] == "spread"
+        assert await m0.count_connections() == 4 and await m0.count_groups() == len(groups)
+        for group in groups:
+            assert await m0.group_size(group) == 4
+        # The deafness self-check goes through every partition's shard: SPUBLISH, back on
+        # SSUBSCRIBE, one reader each.
         backend: Any = m0.backend
-        await eventually(lambda: backend.pubsub_lag is not None, what="a probe through the shard")
+        for partition in backend.partitions:
+            await eventually(lambda p=partition: p.pubsub_lag is not None, what="a probe through the shard")  # type: ignore[misc]
         assert backend.deaf_repairs == 0
-        slot = key_slot(("{" + redis_prefix + "}").encode())
-        home = home_master(redis_cluster, redis_prefix)
-        for master in redis_cluster.masters():
-            with master.client() as admin:
-                keys = admin.keys("{" + redis_prefix + "}*")
-                if master is home:
-                    assert len(keys) >= 8 and {key_slot(key.encode()) for key in keys} == {slot}, keys
+        owners = [master_of(redis_cluster, partition_slot(redis_prefix, g)) for g in (None, "small", "room")]
+        assert len({owner.port for owner in owners}) == 3, "one partition per master"
+        for index, prefix in enumerate(layout.prefixes):
+            slot = key_slot(prefix.encode())
+            for master in redis_cluster.masters():
+                with master.client() as admin:
+                    keys = admin.keys(prefix + "*")  # braces are no glob characters
+                if slot in redis_cluster.slots_of(master):
+                    assert len(keys) >= 5 and {key_slot(key.encode()) for key in keys} == {slot}, keys
+                    if index == 0:
+                        assert any(key.endswith("conns") for key in keys), keys
+                    else:  # groups only: no connection, no user
+                        assert not any("conns" in key or "users:" in key for key in keys), keys
                 else:
                     assert keys == []
 
@@ -120,13 +157,18 @@ async def test_emitters_on_a_cluster_reach_members_on_a_server(
         await emitters_reach_a_member(server, config)
 
 
-async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traffic_resumes(
-    own_cluster: ClusterDeployment, redis_prefix: str, record_property: Callable[[str, object], None]
+@pytest.mark.parametrize("shard", ["group", "home"])
+async def test_a_shard_failover_loses_no_acknowledged_send_and_traffic_resumes(
+    shard: str,
+    own_cluster: ClusterDeployment,
+    redis_prefix: str,
+    record_property: Callable[[str, object], None],
 ) -> None:
-    """SIGKILL the master of our slot while one server sends to a group every 10 ms with
-    strict delivery: sends during the switch raise a retryable BackendError, the replica is
-    promoted, both servers' readers subscribe on it, the members stay connected, every send
-    that returned normally reached every member, and the state counts are exact after."""
+    """SIGKILL the master of the group's partition (or of the home) while one server sends to
+    the group every 10 ms with strict delivery: sends during the switch raise a retryable
+    BackendError, the replica is promoted, both servers' readers subscribe on it, the members
+    stay connected, every send that returned normally reached every member, and the state
+    counts are exact after. Only the killed shard's partition is taken for lost."""
     settings = {"WS_STRICT_DELIVERY": True, "REDIS_REGISTRY_EXPIRY": 10}
     async with servers(own_cluster, redis_prefix, **settings) as running, AsyncExitStack() as cleanup:
         (s0, m0), (s1, m1) = running
@@ -139,10 +181,13 @@ async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traff
         for _ in range(20):
             await sender.send_one()
             await asyncio.sleep(0.01)
-        home = home_master(own_cluster, redis_prefix)
-        own_cluster.kill(home)
+        group = "room" if shard == "group" else None
+        slot = partition_slot(redis_prefix, group)
+        index = 0 if group is None else Layout.cluster(redis_prefix, DEFAULT_PARTITIONS).of_group(group)
+        killed = master_of(own_cluster, slot)
+        own_cluster.kill(killed)
         killed_at = time.monotonic()
-        failover = asyncio.create_task(own_cluster.await_failover(home))
+        failover = asyncio.create_task(own_cluster.await_failover(killed))
         while time.monotonic() < killed_at + 30:
             await sender.send_one()
             if len(sender.acknowledged_after(killed_at)) >= 30 and failover.done():
@@ -152,7 +197,7 @@ async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traff
         promoted_after = time.monotonic() - killed_at
         after_kill = sender.acknowledged_after(killed_at)
         assert len(after_kill) >= 30, (len(after_kill), sender.errors)
-        assert home_master(own_cluster, redis_prefix) is promoted
+        assert master_of(own_cluster, slot) is promoted
 
         for receiver in receivers:
             await eventually(
@@ -160,15 +205,21 @@ async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traff
                 what=f"every acknowledged send at {receiver.client.user}",
             )
         delivered_at = max(receiver.arrived[after_kill[0][0]] for receiver in receivers)
+        # Even when the group's own shard is not the one killed, some sends may raise: with
+        # Redis's default cluster-require-full-coverage, every node refuses commands while a
+        # slot has no master (CLUSTERDOWN). They raise retryable errors, never pass unsent.
         assert sender.raised_only_retryable_outage_errors(), sender.errors
 
-        # The promoted replica was taken for a loss of state (another Redis process under it):
-        # every server wrote its own back, and the counts are exact.
+        # The promoted replica was taken for a loss of that partition's state (another Redis
+        # process under it): every server wrote its own back there, and the counts are exact.
         for manager in (m0, m1):
             backend: Any = manager.backend
-            assert backend.state.epoch_changes >= 1 and backend.outages >= 1
-            await eventually(lambda b=backend: not b.state.rewrite_needed, what="the write-back")  # type: ignore[misc]
-            assert backend.state.rewrites >= 1
+            state = backend.partitions[index].state
+            await eventually(lambda s=state: s.epoch_changes >= 1, what="the loss noticed")  # type: ignore[misc]
+            await eventually(lambda s=state: s.rewrites >= 1 and not s.rewrite_needed, what="the write-back")  # type: ignore[misc]
+            assert backend.outages >= 1
+            others = [p for i, p in enumerate(backend.partitions) if i != index]
+            assert all(p.state.epoch_changes == 0 for p in others)
         assert await m0.count_connections() == 4 and await m1.group_size("room") == 4
         assert await m1.count_user_connections("user1") == 1
 
@@ -186,7 +237,7 @@ async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traff
             assert await client.echo_marker() == {"type": "echo", "data": "marker"}
 
         record_property(
-            "cluster_failover",
+            f"cluster_failover_{shard}",
             {
                 "promoted_after_s": round(promoted_after, 2),
                 "first_delivered_after_s": round(delivered_at - killed_at, 2),
@@ -196,11 +247,12 @@ async def test_a_failover_of_the_home_shard_loses_no_acknowledged_send_and_traff
         )
 
 
-async def test_a_group_send_is_one_script_call_on_the_home_master_whatever_the_group_size(
+async def test_a_group_send_is_one_script_call_on_its_partitions_master_whatever_the_group_size(
     redis_cluster: ClusterDeployment, redis_prefix: str
 ) -> None:
     """The invariant of tests/redis/test_invariants.py on a cluster: one EVALSHA per send (its
-    SPUBLISH inside), the same commands for 4 members as for 40, all on the master of our slot."""
+    SPUBLISH inside), the same commands for 4 members as for 40, all on the master of the
+    group's partition and none on the other masters."""
     target = RedisTarget(redis_cluster.url, mode="cluster")
     config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), LOG_STATS=False)
     apps = [
@@ -212,36 +264,47 @@ async def test_a_group_send_is_one_script_call_on_the_home_master_whatever_the_g
         )
         for _ in range(2)
     ]
-    home = home_master(redis_cluster, redis_prefix)
-    probe = aioredis.Redis(host="127.0.0.1", port=home.port)
+    groups = {"small": 4, "big": 40}
+    owners = {group: master_of(redis_cluster, partition_slot(redis_prefix, group)) for group in groups}
+    assert owners["small"] is not owners["big"]  # two partitions, on two masters
+    probes = {m.port: aioredis.Redis(host="127.0.0.1", port=m.port) for m in redis_cluster.masters()}
     async with serve(apps[0][0]) as s1, serve(apps[1][0]) as s2:
-        members: dict[str, list[Client]] = {"small": [], "big": []}
-        for group, size in (("small", 4), ("big", 40)):
+        members: dict[str, list[Client]] = {group: [] for group in groups}
+        for group, size in groups.items():
             for index in range(size):
                 client = await Client.open((s1 if index % 2 else s2).ws_url, f"{group}{index}")
                 await client.call("joined", op="join", group=group)
                 members[group].append(client)
-        await apps[0][1].send_to_group("small", {"type": "warm-up"})  # loads the script
-        for client in members["small"]:
-            assert (await client.next())["type"] == "warm-up"
-        cost: dict[str, dict[str, int]] = {}
-        for group in ("small", "big"):
-            await probe.config_resetstat()
+        for group in groups:
+            await apps[0][1].send_to_group(group, {"type": "warm-up"})  # loads the script
+            for client in members[group]:
+                assert (await client.next())["type"] == "warm-up"
+        cost: dict[str, dict[int, dict[str, int]]] = {}
+        for group in groups:
+            for probe in probes.values():
+                await probe.config_resetstat()
             for sequence in range(20):
                 await apps[0][1].send_to_group(group, {"type": "group", "data": sequence})
-            stats = await probe.info("commandstats")
-            cost[group] = {
-                name.removeprefix("cmdstat_"): int(value["calls"])
-                for name, value in stats.items()
-                # Left out: the probe's own, and the replica's REPLCONF ACK (once a second).
-                if name not in {"cmdstat_config|resetstat", "cmdstat_info", "cmdstat_replconf"}
-            }
+            cost[group] = {}
+            for port, probe in probes.items():
+                stats = await probe.info("commandstats")
+                cost[group][port] = {
+                    name.removeprefix("cmdstat_"): int(value["calls"])
+                    for name, value in stats.items()
+                    # Left out: the probe's own, and the replicas' REPLCONF ACK (once a second).
+                    if name not in {"cmdstat_config|resetstat", "cmdstat_info", "cmdstat_replconf"}
+                }
             for client in members[group]:
                 assert [(await client.next())["data"] for _ in range(20)] == list(range(20))
         # Commands inside the script count too (its reads of the epoch and the audience).
-        assert cost["small"] == cost["big"], cost
-        assert cost["big"]["evalsha"] == cost["big"]["spublish"] == 20, cost
-    await probe.aclose()
+        small, big = (cost[g][owners[g].port] for g in ("small", "big"))
+        assert small == big, cost
+        assert big["evalsha"] == big["spublish"] == 20, cost
+        for group in groups:
+            others = [c for port, c in cost[group].items() if port != owners[group].port]
+            assert not any(c.get("evalsha") or c.get("spublish") for c in others), cost
+    for probe in probes.values():
+        await probe.aclose()
 
 
 @pytest.mark.parametrize("mode", ["cluster", "standalone"])
@@ -280,9 +343,9 @@ async def test_resharding_our_slot_surfaces_no_redirection_and_loses_no_acknowle
         (s0, m0), (s1, m1) = running
         clients, receivers = await watched_room_members(s0, s1, cleanup)
         sender = NumberedSender(m0, "room")
-        slot = key_slot(("{" + redis_prefix + "}").encode())
-        home = home_master(own_cluster, redis_prefix)
-        target = next(master for master in own_cluster.masters() if master is not home)
+        slot = partition_slot(redis_prefix, "room")
+        source = room_master(own_cluster, redis_prefix)
+        target = next(master for master in own_cluster.masters() if master is not source)
         # The keys move a few at a time, 20 ms apart, while the server sends every 10 ms.
         migration = asyncio.create_task(
             asyncio.to_thread(own_cluster.migrate_slot, slot, target, lambda: time.sleep(0.02))
@@ -307,9 +370,9 @@ async def test_resharding_our_slot_surfaces_no_redirection_and_loses_no_acknowle
                 lambda r=receiver: all(number in r.arrived for number, _ in sender.acked),  # type: ignore[misc]
                 what=f"every acknowledged send at {receiver.client.user}",
             )
-        assert home_master(own_cluster, redis_prefix) is target
-        with home.client() as old:
-            assert old.keys("{" + redis_prefix + "}*") == []
+        assert room_master(own_cluster, redis_prefix) is target
+        with source.client() as old:
+            assert old.keys(partition_prefix(redis_prefix, "room") + "*") == []
         assert await m1.count_connections() == 4 and await m0.group_size("room") == 4
         await cleanup.aclose()
         for client in clients:
@@ -328,13 +391,14 @@ async def test_a_send_during_a_resharding_is_never_judged_on_a_half_moved_state(
         clients = [await Client.open(s.ws_url, f"user{i}") for i, s in enumerate((s0, s1))]
         for client in clients:
             await client.call("joined", op="join", group="room")
-        keys: Any = m0.backend.keys  # type: ignore[attr-defined]
-        slot = key_slot(("{" + redis_prefix + "}").encode())
-        home = home_master(own_cluster, redis_prefix)
-        target = next(master for master in own_cluster.masters() if master is not home)
+        backend: Any = m0.backend
+        keys = backend.partitions[backend.layout.of_group("room")].keys
+        slot = partition_slot(redis_prefix, "room")
+        source = room_master(own_cluster, redis_prefix)
+        target = next(master for master in own_cluster.masters() if master is not source)
         own_cluster.start_migration(slot, target)
         declared = [keys.epoch, keys.group_servers("room"), keys.servers]
-        await asyncio.to_thread(own_cluster.move_keys, home, target, declared)
+        await asyncio.to_thread(own_cluster.move_keys, source, target, declared)
         try:
             await m0.send_to_group("room", {"type": "group", "data": "mid-move"})
         except BackendError as error:
@@ -342,7 +406,7 @@ async def test_a_send_during_a_resharding_is_never_judged_on_a_half_moved_state(
         else:
             for client in clients:
                 assert (await client.expect("group"))["data"] == "mid-move"
-        with home.client() as old:
-            rest = old.keys("{" + redis_prefix + "}*")
-        await asyncio.to_thread(own_cluster.move_keys, home, target, rest)
+        with source.client() as old:
+            rest = old.keys(partition_prefix(redis_prefix, "room") + "*")
+        await asyncio.to_thread(own_cluster.move_keys, source, target, rest)
         await asyncio.to_thread(own_cluster.finish_migration, slot, target)
