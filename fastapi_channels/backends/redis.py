@@ -112,6 +112,8 @@ class RedisBackend(BaseBackend):
                 # and treats it as lost.
                 check_writer=self.target.mode != "standalone",
                 sharded=self.target.sharded,
+                # Groups only: a reader there is opened at the first join into one of them.
+                lazy=index > 0,
             )
             for index, prefix in enumerate(self.layout.prefixes)
         ]
@@ -355,9 +357,7 @@ class RedisBackend(BaseBackend):
         return await self._publish(user_topic, payload, exact=True)
 
     async def subscribe(self, topic: str) -> None:
-        reader = self._partition_of(topic).reader
-        if reader is None:
-            raise BackendError("the Redis backend is not started", error_code="BACKEND_NOT_STARTED")
+        reader = await self._partition_of(topic).listener()
         await reader.subscribe(topic)
 
     def listening(self, topic: str) -> bool:

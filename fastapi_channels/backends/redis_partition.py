@@ -22,6 +22,7 @@ from fastapi_channels.backends.redis_connect import home_pubsub
 from fastapi_channels.backends.redis_keys import RedisKeys
 from fastapi_channels.backends.redis_reader import PubSubReader, ReaderState
 from fastapi_channels.backends.redis_state import ClusterState
+from fastapi_channels.exceptions import BackendError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -51,8 +52,13 @@ class Partition:
         tick: float,
         check_writer: bool,
         sharded: bool,
+        lazy: bool = False,
     ) -> None:
+        """`lazy`: subscribe (open the reader) only when a topic of this partition is first
+        wanted, so a server holds no connection to a shard where it has no members."""
         self.index = index
+        self.lazy = lazy
+        self.running = False
         self.keys = keys
         self.sharded = sharded
         self.resync_window = resync_window
@@ -66,6 +72,9 @@ class Partition:
             sharded=sharded,
         )
         self.reader: PubSubReader | None = None
+        self._reader_opening = asyncio.Lock()
+        self._on_message: Callable[[str, bytes], None] | None = None
+        self._on_event: EventHandler | None = None
         self._client: Redis | None = None
         self._rewriting: asyncio.Task[None] | None = None
         self._probe_sent = 0.0
@@ -80,27 +89,42 @@ class Partition:
         on_event: EventHandler,
     ) -> None:
         """Take over what an earlier process with this server id left here, register, wait out
-        a resync under way, then subscribe: the reader is confirmed when this returns."""
+        a resync under way, then (unless lazy) subscribe: the reader is confirmed when this
+        returns."""
         self._client = client
+        self._on_message = on_message
+        self._on_event = on_event
         self.state.bind(client)
         # State left by an earlier process with this server id belongs to no connection now.
         await self.state.retire()
         await self._until_trusted()
-        index = self.index
-        self.reader = PubSubReader(
-            self._open_pubsub,
-            channel_prefix=self.keys.prefix,
-            probe_channel=self.keys.probe,
-            on_message=on_message,
-            on_event=lambda event, error: on_event(index, event, error),
-            confirm_timeout=_SUBSCRIBE_CONFIRM_TIMEOUT,
-            sharded=self.sharded,
-        )
-        try:
-            await self.reader.start()
-        except BaseException:
-            self.reader = None
-            raise
+        self.running = True
+        if not self.lazy:
+            await self.listener()
+
+    async def listener(self) -> PubSubReader:
+        """This partition's reader, opened (and confirmed) on first use."""
+        reader = self.reader
+        if reader is not None:
+            return reader
+        async with self._reader_opening:
+            if self.reader is not None:
+                return self.reader
+            if not self.running or self._on_message is None or self._on_event is None:
+                raise BackendError("the Redis backend is not started", error_code="BACKEND_NOT_STARTED")
+            index, on_event = self.index, self._on_event
+            reader = PubSubReader(
+                self._open_pubsub,
+                channel_prefix=self.keys.prefix,
+                probe_channel=self.keys.probe,
+                on_message=self._on_message,
+                on_event=lambda event, error: on_event(index, event, error),
+                confirm_timeout=_SUBSCRIBE_CONFIRM_TIMEOUT,
+                sharded=self.sharded,
+            )
+            await reader.start()  # stops itself and raises when Redis does not confirm
+            self.reader = reader
+            return reader
 
     async def _open_pubsub(self) -> PubSub:
         """A new pub/sub connection for the reader: on a cluster, to the master serving this
@@ -121,6 +145,7 @@ class Partition:
 
     async def stop(self) -> None:
         """Stop the reader and the write-back; leave the state for `retire`."""
+        self.running = False
         task = self._rewriting
         if task is not None:
             task.cancel()
@@ -140,8 +165,10 @@ class Partition:
     # --- readiness -----------------------------------------------------------------------------
     def not_ready(self) -> str | None:
         reader = self.reader
-        if reader is None:
+        if not self.running:
             return "backend_stopped"
+        if reader is None:
+            return None if self.lazy else "backend_stopped"  # lazy: not needed yet
         if reader.state is ReaderState.DOWN:
             return "backend_down"
         if reader.state is not ReaderState.READY:

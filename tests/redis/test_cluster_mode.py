@@ -149,6 +149,37 @@ async def test_each_partition_keeps_its_keys_in_its_own_slot_on_its_own_master(
                     assert keys == []
 
 
+async def test_a_server_subscribes_only_on_the_shards_of_its_groups(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """The home partition's reader is opened at start (inbox, broadcast); another partition's
+    at the first join into one of its groups: no connection to a shard where a server has no
+    members. Until then that partition does not hold readiness back."""
+    layout = Layout.cluster(redis_prefix, DEFAULT_PARTITIONS)
+    assert (layout.of_group("small"), layout.of_group("room")) == (1, 2)
+    async with servers(redis_cluster, redis_prefix, count=1) as [(server, manager)]:
+        backend: Any = manager.backend
+        ann = await Client.open(server.ws_url, "ann")
+        await ann.call("joined", op="join", group="small")
+        assert [p.reader is not None for p in backend.partitions] == [True, True, False]
+        assert manager.health().ready
+        room_owner = master_of(redis_cluster, partition_slot(redis_prefix, "room"))
+        room_channels = partition_prefix(redis_prefix, "room").encode()
+
+        def sharded_subscribers() -> int:
+            with room_owner.client() as admin:
+                return sum(int(client.get("ssub", 0)) for client in admin.client_list())
+
+        # Nothing of ours listens on the room's shard (the other tests' servers have gone).
+        with room_owner.client() as admin:
+            assert not [c for c in admin.pubsub_shardchannels() if c.startswith(room_channels)]
+        await ann.call("joined", op="join", group="room")
+        assert backend.partitions[2].reader is not None
+        assert sharded_subscribers() >= 2  # the room's channel and the partition's probe
+        await manager.send_to_group("room", {"type": "group", "data": "here"})
+        assert (await ann.expect("group"))["data"] == "here"
+
+
 async def test_emitters_on_a_cluster_reach_members_on_a_server(
     redis_cluster: ClusterDeployment, redis_prefix: str
 ) -> None:
