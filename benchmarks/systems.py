@@ -157,6 +157,8 @@ def _channels_app(*, as_json: bool = False, history: bool = False, heartbeat: bo
 
     async def endpoint(websocket: WebSocket) -> None:
         connection = await manager.connect(websocket)
+        if heartbeat:  # this loop has nothing to do with a pong: the fast path may take them
+            connection.take_heartbeat_replies()
         name = connection.channel_name
         try:
             while True:

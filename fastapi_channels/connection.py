@@ -307,6 +307,21 @@ class Connection:
         if self._fast is not None:
             self._fast.hand_keepalive_to_heartbeat()
 
+    def take_heartbeat_replies(self) -> None:
+        """Fast path: count `{"type":"pong"}` frames as liveness where they arrive, without
+        waking the app's receive (see `FrameWriter.take_heartbeat_replies`): for a receive
+        loop that would only drop them (`serve_consumer`)."""
+        if self._fast is not None:
+            self._fast.take_heartbeat_replies(self._heartbeat_reply)
+
+    def _heartbeat_reply(self, size: int) -> None:
+        # What _receive_watched records of a frame: the reply is liveness and a message.
+        self.last_seen = time.monotonic()
+        self.messages_received += 1
+        self.bytes_received += size
+        self._counters.messages_received += 1
+        self._counters.bytes_received += size
+
     @property
     def uses_fast_path(self) -> bool:
         """True when frames go straight to the transport (see `fastapi_channels.fastpath`)."""

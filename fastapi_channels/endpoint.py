@@ -62,6 +62,12 @@ async def serve_consumer(
     consumer = consumer_class(
         connection=connection, manager=manager, middleware_stack=middleware, **consumer_kwargs
     )
+    from fastapi_channels.consumer.base import BaseConsumer  # here: consumer.base imports this module
+
+    if consumer_class.handle_message is BaseConsumer.handle_message:
+        # It drops a client's pong after the liveness is noted: the fast path can do that
+        # where the frame arrives, without waking this loop.
+        connection.take_heartbeat_replies()
     code: int = CloseCode.NORMAL_CLOSURE
     try:
         await consumer.connect()

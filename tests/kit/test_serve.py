@@ -13,6 +13,7 @@ from fastapi_channels import BaseConsumer, ConnectionManager, WSConfig
 from fastapi_channels.exceptions import AuthenticationError
 from fastapi_channels.messages import Message
 from fastapi_channels.testing import Communicator, app_lifespan
+from tests.support.consumer_app import consumer_app
 
 
 class RoomConsumer(BaseConsumer):
@@ -43,16 +44,7 @@ class RoomConsumer(BaseConsumer):
 
 
 def make_app() -> tuple[FastAPI, ConnectionManager]:
-    manager = ConnectionManager(WSConfig(LOG_STATS=False))
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
-        await manager.start_tasks()
-        yield
-        await manager.stop_tasks(timeout=5)
-
-    app = FastAPI(lifespan=lifespan)
-    app.add_api_websocket_route("/ws/{user}", RoomConsumer.as_route(manager, user_id="user"))
+    app, manager = consumer_app(RoomConsumer, WSConfig(LOG_STATS=False))
 
     @app.websocket("/direct/{user}")
     async def direct(websocket: WebSocket, user: str) -> None:
