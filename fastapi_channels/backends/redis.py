@@ -417,6 +417,14 @@ class RedisBackend(BaseBackend):
                     raise
                 except Exception as exc:
                     logger.warning("Redis keeper step failed: %s", exc)
+            try:
+                # Written again each tick: if the home lost it (a failover, a restart), a
+                # server started with another count is still refused.
+                await self._check_layout()
+            except BackendError as exc:
+                logger.error("%s", exc.message)
+            except Exception as exc:
+                logger.warning("Redis keeper step failed: %s", exc)
 
     # --- connections: at home ------------------------------------------------------------------
     async def add_connection(

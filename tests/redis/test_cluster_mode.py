@@ -338,6 +338,42 @@ async def test_a_group_send_is_one_script_call_on_its_partitions_master_whatever
         await probe.aclose()
 
 
+async def test_every_server_and_emitter_must_split_the_state_into_as_many_partitions(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """A process with another REDIS_CLUSTER_PARTITIONS would look for a group in another slot
+    than the others and reach nobody without a shortfall: it is refused, naming the value to
+    set, even after the home lost the recorded count (the running servers write it again)."""
+    target = RedisTarget(redis_cluster.url, mode="cluster")
+    running = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target, self_check_interval=0.2)
+    await running.start("layout-a", lambda topic, payload: None)
+    try:
+        layout_key = running.keys.layout
+        for lost in (False, True):
+            if lost:  # as after a failover that lost the home's last writes
+                admin = aioredis.RedisCluster.from_url(redis_cluster.url)
+                await admin.delete(layout_key)
+                deadline = time.monotonic() + 10
+                while await admin.get(layout_key) is None:  # the next keeper tick writes it again
+                    assert time.monotonic() < deadline, "the recorded count was not written again"
+                    await asyncio.sleep(0.05)
+                assert await admin.get(layout_key) == b"3"
+                await admin.aclose()
+            other = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target, partitions=2)
+            with pytest.raises(BackendError) as refused:
+                await other.start("layout-b", lambda topic, payload: None)
+            error = refused.value
+            assert error.error_code == "BACKEND_MISCONFIGURED" and not error.retryable
+            assert "REDIS_CLUSTER_PARTITIONS=3" in error.message, error.message
+        config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), REDIS_CLUSTER_PARTITIONS=2)
+        with SyncEmitter(config) as emitter, pytest.raises(BackendError) as emitter_refused:
+            emitter.send_to_group("room", {"type": "x"})
+        assert emitter_refused.value.error_code == "BACKEND_MISCONFIGURED"
+        assert "REDIS_CLUSTER_PARTITIONS=3" in emitter_refused.value.message
+    finally:
+        await running.stop()
+
+
 @pytest.mark.parametrize("mode", ["cluster", "standalone"])
 async def test_a_redis_that_does_not_fit_redis_mode_is_refused_at_once(
     mode: str,
