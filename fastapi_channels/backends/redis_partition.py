@@ -123,6 +123,9 @@ class Partition:
                 sharded=self.sharded,
             )
             await reader.start()  # stops itself and raises when Redis does not confirm
+            if not self.running:  # the backend stopped meanwhile: no reader may outlive it
+                await reader.stop()
+                raise BackendError("the Redis backend is stopped", error_code="BACKEND_NOT_STARTED")
             self.reader = reader
             return reader
 

@@ -180,6 +180,27 @@ async def test_a_server_subscribes_only_on_the_shards_of_its_groups(
         assert (await ann.expect("group"))["data"] == "here"
 
 
+async def test_a_backend_stopped_while_a_partitions_reader_opens_keeps_no_reader(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """A join opens the reader of the room's partition; the backend stops before Redis
+    confirmed it: the join fails, and no reader outlives the backend."""
+    target = RedisTarget(redis_cluster.url, mode="cluster")
+    backend = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target)
+    await backend.start("lazy-stop", lambda topic, payload: None)
+    subscribing = asyncio.create_task(backend.subscribe("group:room"))
+    await asyncio.sleep(0)  # the opening has begun: it needs several round trips
+    assert not subscribing.done()
+    await backend.stop()
+    with pytest.raises(BackendError):
+        await subscribing
+    assert [partition.reader for partition in backend.partitions] == [None, None, None]
+    owner = master_of(redis_cluster, partition_slot(redis_prefix, "room"))
+    probe = partition_prefix(redis_prefix, "room").encode()
+    with owner.client() as admin:
+        assert not [c for c in admin.pubsub_shardchannels() if c.startswith(probe)]
+
+
 async def test_emitters_on_a_cluster_reach_members_on_a_server(
     redis_cluster: ClusterDeployment, redis_prefix: str
 ) -> None:
