@@ -201,6 +201,35 @@ async def test_a_backend_stopped_while_a_partitions_reader_opens_keeps_no_reader
         assert not [c for c in admin.pubsub_shardchannels() if c.startswith(probe)]
 
 
+async def test_readers_of_two_partitions_lost_together_are_one_outage(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """The pub/sub connections of two partitions killed at once: the listener hears "lost"
+    once, when the first goes, and "recovered" once, when the last is back."""
+    target = RedisTarget(redis_cluster.url, mode="cluster")
+    backend = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target)
+    events: list[str] = []
+    backend.add_event_listener(lambda event, error: events.append(event))
+    await backend.start("two-lost", lambda topic, payload: None)
+    try:
+        await backend.subscribe("group:small")  # partition 1
+        await backend.subscribe("group:room")  # partition 2
+        readers = [backend.partitions[1].reader, backend.partitions[2].reader]
+        assert all(reader is not None for reader in readers)
+        for group in ("small", "room"):
+            owner = master_of(redis_cluster, partition_slot(redis_prefix, group))
+            with owner.client() as admin:
+                assert admin.client_kill_filter(_type="pubsub") >= 1
+        await eventually(
+            lambda: events == ["lost", "recovered"] and backend.not_ready() is None, what="both back"
+        )
+        await asyncio.sleep(0.2)  # nothing more comes
+        assert events == ["lost", "recovered"] and backend.outages == 1
+        assert backend.listening("group:small") and backend.listening("group:room")
+    finally:
+        await backend.stop()
+
+
 async def test_emitters_on_a_cluster_reach_members_on_a_server(
     redis_cluster: ClusterDeployment, redis_prefix: str
 ) -> None:
