@@ -15,9 +15,9 @@ REDIS_URL then gives the master connections their password, user name, db and TL
 
 `cluster`: REDIS_URL names any node of a Redis Cluster; redis-py's RedisCluster finds the
 rest and follows MOVED and ASK redirections (a redirected command had not run, so following
-one is no retry). Every key of ours carries one hash tag, the key prefix (`key_prefix`), so
-each script's keys live in one slot, and topics travel over sharded pub/sub (SPUBLISH) in
-that slot too. The pub/sub reader subscribes on that slot's master (`home_pubsub`).
+one is no retry). Every key of ours carries the hash tag of its partition (`redis_layout`),
+so each script's keys live in one slot, and topics travel over sharded pub/sub (SPUBLISH) in
+that slot too. A partition's pub/sub reader subscribes on its slot's master (`slot_pubsub`).
 
 Not for choosing *what* to send: the backend and `redis_publish` do that.
 """
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from fastapi_channels.config import WSConfig
 
-__all__ = ["RedisTarget", "async_client", "home_pubsub", "sync_client"]
+__all__ = ["RedisTarget", "async_client", "slot_pubsub", "sync_client"]
 
 MIGRATION_PATIENCE = 5.0
 """Seconds a command may keep meeting TRYAGAIN (its slot half moved to another master) before
@@ -87,12 +87,6 @@ class RedisTarget:
     def sharded(self) -> bool:
         """Whether topics travel over sharded pub/sub (SPUBLISH, SSUBSCRIBE): a cluster's."""
         return self.mode == "cluster"
-
-    def key_prefix(self, prefix: str) -> str:
-        """The prefix every key and channel starts with. On a cluster it is a hash tag, so all
-        of them hash to one slot: a script may then touch any of them, and SPUBLISH from a
-        script reaches a channel of that slot. (WSConfig refuses braces in the prefix.)"""
-        return "{" + prefix + "}" if self.mode == "cluster" else prefix
 
     def _master_options(self) -> dict[str, Any]:
         """REDIS_URL's password, user name, db, TLS and query options, without its host."""
@@ -329,8 +323,8 @@ def _redis_parameters() -> frozenset[str]:
     return frozenset(inspect.signature(redis.asyncio.Redis.__init__).parameters)
 
 
-async def home_pubsub(cluster: Any, home_key: str) -> redis.asyncio.client.PubSub:
-    """A pub/sub connection to the master serving `home_key`'s slot: sharded pub/sub is per
+async def slot_pubsub(cluster: Any, key: str) -> redis.asyncio.client.PubSub:
+    """A pub/sub connection to the master serving `key`'s slot: sharded pub/sub is per
     shard, and SSUBSCRIBE there hears every SPUBLISH to a channel of that slot.
 
     The slot map is asked of the nodes each time (CLUSTER SLOTS, one node after another until
@@ -344,7 +338,7 @@ async def home_pubsub(cluster: Any, home_key: str) -> redis.asyncio.client.PubSu
 
     if not cluster.nodes_manager.nodes_cache:
         await cluster.initialize()
-    slot = key_slot(home_key.encode())
+    slot = key_slot(key.encode())
     nodes = list(cluster.nodes_manager.nodes_cache.values())
     failure: BaseException | None = None
     for node in nodes:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi_channels.backends.base import Admission
-from fastapi_channels.backends.redis_connect import home_pubsub
+from fastapi_channels.backends.redis_connect import slot_pubsub
 from fastapi_channels.backends.redis_keys import RedisKeys
 from fastapi_channels.backends.redis_reader import PubSubReader, ReaderState
 from fastapi_channels.backends.redis_state import ClusterState
@@ -134,7 +134,7 @@ class Partition:
         partition's slot (found anew each time: it changes with a failover or a resharding)."""
         assert self._client is not None
         if self.sharded:
-            return await home_pubsub(self._client, self.keys.probe)
+            return await slot_pubsub(self._client, self.keys.probe)
         return self._client.pubsub()
 
     async def _until_trusted(self) -> None:
