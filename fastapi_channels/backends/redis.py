@@ -357,8 +357,7 @@ class RedisBackend(BaseBackend):
         return await self._publish(user_topic, payload, exact=True)
 
     async def subscribe(self, topic: str) -> None:
-        reader = await self._partition_of(topic).listener()
-        await reader.subscribe(topic)
+        await self._partition_of(topic).listener().subscribe(topic)
 
     def listening(self, topic: str) -> bool:
         reader = self._partition_of(topic).reader

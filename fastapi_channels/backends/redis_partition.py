@@ -72,7 +72,6 @@ class Partition:
             sharded=sharded,
         )
         self.reader: PubSubReader | None = None
-        self._reader_opening = asyncio.Lock()
         self._on_message: Callable[[str, bytes], None] | None = None
         self._on_event: EventHandler | None = None
         self._client: Redis | None = None
@@ -100,34 +99,37 @@ class Partition:
         await self._until_trusted()
         self.running = True
         if not self.lazy:
-            await self.listener()
+            reader = self.reader = self._new_reader()
+            try:
+                await reader.start()  # stops itself when Redis does not confirm
+            except BaseException:
+                self.reader = None
+                raise
 
-    async def listener(self) -> PubSubReader:
-        """This partition's reader, opened (and confirmed) on first use."""
+    def listener(self) -> PubSubReader:
+        """This partition's reader, launched on first use. It exists from that call on, so a
+        topic wanted and then given up while it connects is given up there too; `subscribe`
+        waits for Redis's confirmation."""
         reader = self.reader
-        if reader is not None:
-            return reader
-        async with self._reader_opening:
-            if self.reader is not None:
-                return self.reader
-            if not self.running or self._on_message is None or self._on_event is None:
+        if reader is None:
+            if not self.running:
                 raise BackendError("the Redis backend is not started", error_code="BACKEND_NOT_STARTED")
-            index, on_event = self.index, self._on_event
-            reader = PubSubReader(
-                self._open_pubsub,
-                channel_prefix=self.keys.prefix,
-                probe_channel=self.keys.probe,
-                on_message=self._on_message,
-                on_event=lambda event, error: on_event(index, event, error),
-                confirm_timeout=_SUBSCRIBE_CONFIRM_TIMEOUT,
-                sharded=self.sharded,
-            )
-            await reader.start()  # stops itself and raises when Redis does not confirm
-            if not self.running:  # the backend stopped meanwhile: no reader may outlive it
-                await reader.stop()
-                raise BackendError("the Redis backend is stopped", error_code="BACKEND_NOT_STARTED")
-            self.reader = reader
-            return reader
+            reader = self.reader = self._new_reader()
+            reader.launch()
+        return reader
+
+    def _new_reader(self) -> PubSubReader:
+        on_message, on_event, index = self._on_message, self._on_event, self.index
+        assert on_message is not None and on_event is not None, "Partition.start() first"
+        return PubSubReader(
+            self._open_pubsub,
+            channel_prefix=self.keys.prefix,
+            probe_channel=self.keys.probe,
+            on_message=on_message,
+            on_event=lambda event, error: on_event(index, event, error),
+            confirm_timeout=_SUBSCRIBE_CONFIRM_TIMEOUT,
+            sharded=self.sharded,
+        )
 
     async def _open_pubsub(self) -> PubSub:
         """A new pub/sub connection for the reader: on a cluster, to the master serving this

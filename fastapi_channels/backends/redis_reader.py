@@ -85,19 +85,33 @@ class PubSubReader:
         self._ever_ready = False
 
     # --- lifecycle -----------------------------------------------------------------------------
+    def launch(self) -> None:
+        """Connect in the background: `subscribe` waits for its topic's confirmation, and the
+        topics wanted meanwhile go in the connect-time subscription."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="fastapi-channels-redis-reader"
+            )
+
     async def start(self) -> None:
-        """Connect and wait for the first confirmation; BackendError when Redis does not answer."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="fastapi-channels-redis-reader")
+        """Connect and wait for the first confirmation; BackendError when Redis does not answer.
+        Stopped again if the wait is cancelled: no reader outlives a failed start."""
+        self.launch()
         deadline = time.monotonic() + 2 * self.confirm_timeout
-        while self.state is not ReaderState.READY:
-            if self.state is ReaderState.DOWN or time.monotonic() > deadline or self._task.done():
-                await self.stop()
-                raise BackendError(
-                    "Redis pub/sub did not confirm the subscriptions",
-                    error_code="BACKEND_UNAVAILABLE",
-                    component="redis",
-                )
-            await asyncio.sleep(0.01)
+        try:
+            while self.state is not ReaderState.READY:
+                task = self._task
+                ended = task is None or task.done()
+                if self.state is ReaderState.DOWN or time.monotonic() > deadline or ended:
+                    raise BackendError(
+                        "Redis pub/sub did not confirm the subscriptions",
+                        error_code="BACKEND_UNAVAILABLE",
+                        component="redis",
+                    )
+                await asyncio.sleep(0.01)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         task, self._task = self._task, None

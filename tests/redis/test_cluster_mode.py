@@ -23,6 +23,7 @@ from fastapi_channels import ConnectionManager, SyncEmitter, WSConfig
 from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.backends.redis_connect import RedisTarget
 from fastapi_channels.backends.redis_layout import DEFAULT_PARTITIONS, Layout
+from fastapi_channels.backends.redis_reader import ReaderState
 from fastapi_channels.exceptions import BackendError
 from fastapi_channels.testing import ServerHandle, serve
 from tests.app import create_app
@@ -199,6 +200,33 @@ async def test_a_backend_stopped_while_a_partitions_reader_opens_keeps_no_reader
     probe = partition_prefix(redis_prefix, "room").encode()
     with owner.client() as admin:
         assert not [c for c in admin.pubsub_shardchannels() if c.startswith(probe)]
+
+
+async def test_a_group_left_while_its_partitions_reader_opens_is_not_subscribed(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """A join launches the reader of the room's partition and a leave comes before Redis
+    confirmed it: the leave reaches that reader, so once it is up the room is not subscribed
+    (a server listening to a group it has no members of could stand in for one that missed
+    a send)."""
+    target = RedisTarget(redis_cluster.url, mode="cluster")
+    backend = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target)
+    await backend.start("lazy-leave", lambda topic, payload: None)
+    try:
+        subscribing = asyncio.create_task(backend.subscribe("group:room"))
+        await asyncio.sleep(0)  # the opening has begun: it needs several round trips
+        assert not subscribing.done()
+        await backend.unsubscribe("group:room")
+        await subscribing  # returns: no longer wanted
+        reader = backend.partitions[2].reader
+        assert reader is not None and "group:room" not in reader.wanted
+        await eventually(lambda: reader.state is ReaderState.READY, what="the reader up")
+        channel = backend.partitions[2].keys.channel("group:room")
+        with master_of(redis_cluster, partition_slot(redis_prefix, "room")).client() as admin:
+            assert admin.pubsub_shardchannels(channel) == []
+            assert admin.pubsub_shardchannels(backend.partitions[2].keys.probe) != []
+    finally:
+        await backend.stop()
 
 
 async def test_readers_of_two_partitions_lost_together_are_one_outage(
