@@ -409,13 +409,16 @@ class RedisBackend(BaseBackend):
     async def _keep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
-            for partition in self.partitions:
-                try:
-                    await partition.keep(self._evict)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    logger.warning("Redis keeper step failed: %s", exc)
+            # The partitions side by side: a shard that hangs (up to the socket timeout) must
+            # not hold back the liveness this server keeps in the others.
+            results = await asyncio.gather(
+                *(partition.keep(self._evict) for partition in self.partitions), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, Exception):
+                    logger.warning("Redis keeper step failed: %s", result)
             try:
                 # Written again each tick: if the home lost it (a failover, a restart), a
                 # server started with another count is still refused.
