@@ -181,6 +181,13 @@ class _Core:
             )
         self.layout_checked = True
 
+    def nobody_counted(self, send: _Send, delivery: Delivery) -> bool:
+        """A group send on a cluster that found no server with members. Either the group is
+        empty, or the servers record another partition count than this emitter has met (they
+        started again with another since it last checked): the caller checks the layout again,
+        so such a send is refused rather than passed for delivered to nobody."""
+        return self.target.sharded and send.topic.startswith("group:") and delivery.expected == 0
+
     def call(self, send: _Send) -> tuple[str, list[str], list[Any]]:
         """The script to run for `send`, with its KEYS and ARGV."""
         if self.closed:
@@ -315,17 +322,24 @@ class Emitter:
     async def _send(self, send: _Send) -> Delivery:
         core = self._core
         if not core.layout_checked:
-            try:
-                recorded = await self._client.get(core.keys.layout)
-            except Exception as exc:
-                raise core.failed(exc) from exc
-            core.judge_layout(recorded)
+            await self._check_layout()
         script, keys, args = core.call(send)
         try:
             answer = await self._scripts[script](keys=keys, args=args)
         except Exception as exc:
             raise self._core.failed(exc) from exc
-        return self._core.judge(send, answer)
+        delivery = core.judge(send, answer)
+        if core.nobody_counted(send, delivery):
+            await self._check_layout()  # the group is empty, or the servers split the state otherwise
+        return delivery
+
+    async def _check_layout(self) -> None:
+        core = self._core
+        try:
+            recorded = await self._client.get(core.keys.layout)
+        except Exception as exc:
+            raise core.failed(exc) from exc
+        core.judge_layout(recorded)
 
     def enable_history(self, *patterns: str) -> None:
         """Treat the groups matching these glob patterns as history groups (as WS_HISTORY_GROUPS
@@ -436,17 +450,24 @@ class SyncEmitter:
     def _send(self, send: _Send) -> Delivery:
         core = self._core
         if not core.layout_checked:
-            try:
-                recorded = self._client.get(core.keys.layout)
-            except Exception as exc:
-                raise core.failed(exc) from exc
-            core.judge_layout(recorded)
+            self._check_layout()
         script, keys, args = core.call(send)
         try:
             answer = self._scripts[script](keys=keys, args=args)
         except Exception as exc:
             raise self._core.failed(exc) from exc
-        return self._core.judge(send, answer)
+        delivery = core.judge(send, answer)
+        if core.nobody_counted(send, delivery):
+            self._check_layout()  # the group is empty, or the servers split the state otherwise
+        return delivery
+
+    def _check_layout(self) -> None:
+        core = self._core
+        try:
+            recorded = self._client.get(core.keys.layout)
+        except Exception as exc:
+            raise core.failed(exc) from exc
+        core.judge_layout(recorded)
 
     def enable_history(self, *patterns: str) -> None:
         """Treat the groups matching these glob patterns as history groups (see `Emitter`)."""

@@ -32,6 +32,8 @@ REASONS = {
     "backend_connecting": "the backend is (re)connecting",
     "backend_down": "the backend is unreachable",
     "backend_resyncing": "Redis lost its data: the servers are writing their state back",
+    "backend_misconfigured": "the servers on this Redis Cluster split their state into another "
+    "number of partitions (REDIS_CLUSTER_PARTITIONS)",
     "subscriptions_unconfirmed": "this server's inbox or broadcast subscription is not confirmed",
 }
 """Every reason a server may be not ready, with the sentence shown next to it."""

@@ -97,6 +97,7 @@ class RedisBackend(BaseBackend):
         self._keeper: asyncio.Task[None] | None = None
         self._down: set[int] = set()  # partitions whose reader is not confirmed since it was lost
         self.outages = 0
+        self.misconfigured: str | None = None  # another partition count met while running
 
     def _new_partitions(self, server_id: str) -> list[Partition]:
         return [
@@ -215,13 +216,18 @@ class RedisBackend(BaseBackend):
         if len(self.layout) == 1 and not self.target.sharded:
             return
         count = str(len(self.layout))
-        answer = await self.client.set(self.keys.layout, count, nx=True, get=True)
+        # It lives while servers do (REDIS_REGISTRY_EXPIRY after the last one stopped), so the
+        # count can be changed by stopping them all.
+        answer = await self.client.set(self.keys.layout, count, nx=True, get=True, ex=self.registry_expiry)
         recorded = None if answer is None else _text(answer)  # type: ignore[arg-type]
-        if recorded is not None and recorded != count:
+        if recorded == count:
+            await self.client.expire(self.keys.layout, self.registry_expiry)
+        elif recorded is not None:
             raise BackendError(
                 f"the servers on {self.target.describe()} split their state into {recorded} "
                 f"partitions, this one into {count}: set REDIS_CLUSTER_PARTITIONS={recorded} "
-                "(to change it, stop every server first)",
+                "(to change it, stop every server: the record expires REDIS_REGISTRY_EXPIRY s "
+                "after the last)",
                 error_code="BACKEND_MISCONFIGURED",
                 retryable=False,
             )
@@ -371,7 +377,7 @@ class RedisBackend(BaseBackend):
             reason = partition.not_ready()
             if reason is not None:
                 return reason
-        return None
+        return "backend_misconfigured" if self.misconfigured else None
 
     async def unsubscribe(self, topic: str) -> None:
         reader = self._partition_of(topic).reader
@@ -419,14 +425,23 @@ class RedisBackend(BaseBackend):
                     raise result
                 if isinstance(result, Exception):
                     logger.warning("Redis keeper step failed: %s", result)
-            try:
-                # Written again each tick: if the home lost it (a failover, a restart), a
-                # server started with another count is still refused.
-                await self._check_layout()
-            except BackendError as exc:
+            await self.keep_layout()
+
+    async def keep_layout(self) -> None:
+        """The keeper's check of the partition count, written again each tick: if the home
+        lost it (a failover, a restart), a server started with another count is still
+        refused; if one got in before that, this server says so and stops passing for ready."""
+        try:
+            await self._check_layout()
+            self.misconfigured = None
+        except BackendError as exc:
+            if exc.error_code == "BACKEND_MISCONFIGURED":
+                self.misconfigured = exc.message
                 logger.error("%s", exc.message)
-            except Exception as exc:
+            else:
                 logger.warning("Redis keeper step failed: %s", exc)
+        except Exception as exc:
+            logger.warning("Redis keeper step failed: %s", exc)
 
     # --- connections: at home ------------------------------------------------------------------
     async def add_connection(

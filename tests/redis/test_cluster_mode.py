@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from fastapi_channels import ConnectionManager, SyncEmitter, WSConfig
+from fastapi_channels import ConnectionManager, Emitter, SyncEmitter, WSConfig
 from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.backends.redis_connect import RedisTarget
 from fastapi_channels.backends.redis_layout import DEFAULT_PARTITIONS, Layout
@@ -420,36 +420,77 @@ async def test_every_server_and_emitter_must_split_the_state_into_as_many_partit
     redis_cluster: ClusterDeployment, redis_prefix: str
 ) -> None:
     """A process with another REDIS_CLUSTER_PARTITIONS would look for a group in another slot
-    than the others and reach nobody without a shortfall: it is refused, naming the value to
-    set, even after the home lost the recorded count (the running servers write it again)."""
+    than the others and reach nobody without a shortfall. While a server runs, one with
+    another count is refused, naming the value, even after the home lost the recorded count
+    (the running servers write it again); an emitter too. One that got in anyway is reported
+    by the running servers (not ready). Once every server has stopped, the count may change,
+    and an emitter that met the old count finds out at its next send to a group."""
     target = RedisTarget(redis_cluster.url, mode="cluster")
-    running = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target, self_check_interval=0.2)
+    admin = aioredis.RedisCluster.from_url(redis_cluster.url)
+
+    def backend(partitions: int, tick: float) -> RedisBackend:
+        return RedisBackend(
+            redis_cluster.url,
+            prefix=redis_prefix,
+            target=target,
+            partitions=partitions,
+            registry_expiry=2,
+            self_check_interval=tick,
+        )
+
+    running = backend(3, 0.2)
     await running.start("layout-a", lambda topic, payload: None)
+    layout_key = running.keys.layout
+    config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), REDIS_CLUSTER_PARTITIONS=3)
+    emitter = Emitter(config)
     try:
-        layout_key = running.keys.layout
+        await emitter.send_to_group("room", {"type": "x"})  # meets the count 3
         for lost in (False, True):
             if lost:  # as after a failover that lost the home's last writes
-                admin = aioredis.RedisCluster.from_url(redis_cluster.url)
                 await admin.delete(layout_key)
                 deadline = time.monotonic() + 10
                 while await admin.get(layout_key) is None:  # the next keeper tick writes it again
                     assert time.monotonic() < deadline, "the recorded count was not written again"
                     await asyncio.sleep(0.05)
                 assert await admin.get(layout_key) == b"3"
-                await admin.aclose()
-            other = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target, partitions=2)
             with pytest.raises(BackendError) as refused:
-                await other.start("layout-b", lambda topic, payload: None)
+                await backend(2, 3600).start("layout-b", lambda topic, payload: None)
             error = refused.value
             assert error.error_code == "BACKEND_MISCONFIGURED" and not error.retryable
             assert "REDIS_CLUSTER_PARTITIONS=3" in error.message, error.message
-        config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), REDIS_CLUSTER_PARTITIONS=2)
-        with SyncEmitter(config) as emitter, pytest.raises(BackendError) as emitter_refused:
-            emitter.send_to_group("room", {"type": "x"})
+        other_config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), REDIS_CLUSTER_PARTITIONS=2)
+        with SyncEmitter(other_config) as other, pytest.raises(BackendError) as emitter_refused:
+            other.send_to_group("room", {"type": "x"})
         assert emitter_refused.value.error_code == "BACKEND_MISCONFIGURED"
         assert "REDIS_CLUSTER_PARTITIONS=3" in emitter_refused.value.message
-    finally:
+
+        # One that got in while the count was gone: the running server says so.
+        quiet = backend(3, 3600)
+        await quiet.start("layout-c", lambda topic, payload: None)
         await running.stop()
+        await admin.delete(layout_key)
+        intruder = backend(2, 3600)
+        await intruder.start("layout-d", lambda topic, payload: None)
+        await quiet.keep_layout()
+        assert quiet.not_ready() == "backend_misconfigured"
+        assert quiet.misconfigured is not None and "REDIS_CLUSTER_PARTITIONS=2" in quiet.misconfigured
+        await quiet.stop()
+
+        # The intruder is alone now: its count stands, and the emitter that met 3 is refused
+        # at its next send to a group rather than passing one for delivered to nobody.
+        with pytest.raises(BackendError) as stale:
+            await emitter.send_to_group("room", {"type": "x"})
+        assert stale.value.error_code == "BACKEND_MISCONFIGURED"
+        await intruder.stop()
+        # Once every server has stopped, the count expires (REDIS_REGISTRY_EXPIRY): it may change.
+        deadline = time.monotonic() + 10
+        while await admin.get(layout_key) is not None:
+            assert time.monotonic() < deadline, "the recorded count outlived the servers"
+            await asyncio.sleep(0.1)
+    finally:
+        await emitter.aclose()
+        await running.stop()
+        await admin.aclose()
 
 
 @pytest.mark.parametrize("mode", ["cluster", "standalone"])
