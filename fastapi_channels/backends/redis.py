@@ -467,8 +467,8 @@ class RedisBackend(BaseBackend):
         if len(self.partitions) > 1:
 
             async def count_others() -> int:
-                # Not atomic with the add: groups made at the same instant in other
-                # partitions can take the total past max_groups, by one per partition.
+                # Not atomic with the add: groups being made at the same time in other
+                # partitions can take the total past max_groups, by as many as they are.
                 others = [p for p in self.partitions if p is not partition]
                 return sum(await asyncio.gather(*(p.state.count_groups() for p in others)))
 
