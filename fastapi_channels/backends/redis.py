@@ -413,19 +413,32 @@ class RedisBackend(BaseBackend):
 
     # --- keeper: liveness, reaping, group expiry, deafness probe -----------------------------------
     async def _keep_loop(self) -> None:
+        """One keeper loop per partition, each on its own ticks: a shard that hangs (up to the
+        socket timeout) must not hold back the liveness this server keeps in the others.
+        Cancelling this task ends them all."""
+        async with asyncio.TaskGroup() as keepers:
+            for partition in self.partitions:
+                keepers.create_task(
+                    self._keep_partition(partition), name=f"fastapi-channels-keeper-{partition.index}"
+                )
+
+    async def _keep_partition(self, partition: Partition) -> None:
+        this = asyncio.current_task()
         while True:
             await asyncio.sleep(self.tick)
-            # The partitions side by side: a shard that hangs (up to the socket timeout) must
-            # not hold back the liveness this server keeps in the others.
-            results = await asyncio.gather(
-                *(partition.keep(self._evict) for partition in self.partitions), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                if isinstance(result, Exception):
-                    logger.warning("Redis keeper step failed: %s", result)
-            await self.keep_layout()
+            try:
+                await partition.keep(self._evict)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("Redis keeper step failed: %s", exc)
+            if this is not None and this.cancelling():
+                # A cancellation that arrived during a cluster command can come back as a
+                # normal return (seen with redis-py 8.1 while another shard hung): end anyway,
+                # or stop() would wait for this loop for ever.
+                raise asyncio.CancelledError
+            if partition.index == 0:
+                await self.keep_layout()
 
     async def keep_layout(self) -> None:
         """The keeper's check of the partition count, written again each tick: if the home

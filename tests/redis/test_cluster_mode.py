@@ -229,6 +229,39 @@ async def test_a_group_left_while_its_partitions_reader_opens_is_not_subscribed(
         await backend.stop()
 
 
+async def test_a_partition_whose_master_hangs_does_not_hold_back_the_others(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """Writes paused on the master of partition 1 for 3 s: this server's liveness in partition
+    2 is renewed all along (its deadline never lapses), so the healthy partitions never take
+    it for dead while one shard hangs."""
+    target = RedisTarget(redis_cluster.url, mode="cluster")
+    backend = RedisBackend(
+        redis_cluster.url, prefix=redis_prefix, target=target, registry_expiry=2, self_check_interval=0.2
+    )
+    await backend.start("hang", lambda topic, payload: None)
+    hung = master_of(redis_cluster, key_slot(backend.layout.prefixes[1].encode()))
+    healthy = master_of(redis_cluster, key_slot(backend.layout.prefixes[2].encode()))
+    assert hung is not healthy
+    servers_key = backend.partitions[2].keys.servers
+    try:
+        with hung.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        lapses = []
+        with healthy.client() as watcher:
+            until = time.monotonic() + 2.8
+            while time.monotonic() < until:
+                deadline = watcher.zscore(servers_key, "hang")
+                if deadline is None or deadline <= time.time() * 1000:
+                    lapses.append(deadline)
+                await asyncio.sleep(0.1)
+        assert lapses == [], "this server's liveness in partition 2 lapsed while partition 1 hung"
+    finally:
+        with hung.client() as admin:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        await backend.stop()
+
+
 async def test_readers_of_two_partitions_lost_together_are_one_outage(
     redis_cluster: ClusterDeployment, redis_prefix: str
 ) -> None:
