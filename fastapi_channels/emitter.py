@@ -181,6 +181,21 @@ class _Core:
             )
         self.layout_checked = True
 
+    def unknown_epochs(self, recorded: bytes | str | None) -> list[int]:
+        """The partitions whose epoch this emitter has not met, once servers run (a count is
+        recorded). Read with the layout: a first send to a partition then carries the epoch
+        the servers wrote there, so a shard that lost its data since is a loss to the script
+        (an unverified send), not a fresh start trusted at once."""
+        if recorded is None:
+            return []
+        return [index for index, epoch in enumerate(self.epochs) if not epoch]
+
+    def learn_epoch(self, index: int, epoch: bytes | str | None) -> None:
+        if epoch is not None:
+            with self._lock:
+                if not self.epochs[index]:
+                    self.epochs[index] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+
     def nobody_counted(self, send: _Send, delivery: Delivery) -> bool:
         """A group send on a cluster that found no server with members. Either the group is
         empty, or the servers record another partition count than this emitter has met (they
@@ -337,9 +352,13 @@ class Emitter:
         core = self._core
         try:
             recorded = await self._client.get(core.keys.layout)
+            core.judge_layout(recorded)
+            for index in core.unknown_epochs(recorded):
+                core.learn_epoch(index, await self._client.hget(core.partition_keys[index].epoch, "id"))
+        except BaseError:
+            raise
         except Exception as exc:
             raise core.failed(exc) from exc
-        core.judge_layout(recorded)
 
     def enable_history(self, *patterns: str) -> None:
         """Treat the groups matching these glob patterns as history groups (as WS_HISTORY_GROUPS
@@ -465,9 +484,13 @@ class SyncEmitter:
         core = self._core
         try:
             recorded = self._client.get(core.keys.layout)
+            core.judge_layout(recorded)
+            for index in core.unknown_epochs(recorded):
+                core.learn_epoch(index, self._client.hget(core.partition_keys[index].epoch, "id"))
+        except BaseError:
+            raise
         except Exception as exc:
             raise core.failed(exc) from exc
-        core.judge_layout(recorded)
 
     def enable_history(self, *patterns: str) -> None:
         """Treat the groups matching these glob patterns as history groups (see `Emitter`)."""

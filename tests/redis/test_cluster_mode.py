@@ -24,7 +24,7 @@ from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.backends.redis_connect import RedisTarget
 from fastapi_channels.backends.redis_layout import DEFAULT_PARTITIONS, Layout
 from fastapi_channels.backends.redis_reader import ReaderState
-from fastapi_channels.exceptions import BackendError
+from fastapi_channels.exceptions import BackendError, DeliveryError
 from fastapi_channels.testing import ServerHandle, serve
 from tests.app import create_app
 from tests.support.client import Client
@@ -387,6 +387,35 @@ async def test_a_shard_failover_loses_no_acknowledged_send_and_traffic_resumes(
                 "acknowledged": len(sender.acked),
             },
         )
+
+
+async def test_an_emitters_first_send_to_a_partition_is_judged_against_the_servers_epoch_there(
+    redis_cluster: ClusterDeployment, redis_prefix: str
+) -> None:
+    """An emitter learns every partition's epoch with the layout, at its first send. If the
+    shard of a partition it never sent to loses its data, its first send there is a loss to
+    the script (unverified: a DeliveryError when strict), not a fresh state trusted at once
+    whose empty counts would make any send look delivered."""
+    target = RedisTarget(redis_cluster.url, mode="cluster")
+    config = WSConfig(**cluster_settings(redis_cluster, redis_prefix), LOG_STATS=False)
+    backend = RedisBackend(redis_cluster.url, prefix=redis_prefix, target=target, self_check_interval=3600)
+    app, _ = create_app(config, backend=backend)
+    emitter = Emitter(WSConfig(**cluster_settings(redis_cluster, redis_prefix), WS_STRICT_DELIVERY=True))
+    async with serve(app) as server:
+        member = await Client.open(server.ws_url, "ann")
+        await member.call("joined", op="join", group="room")  # partition 2
+        try:
+            await emitter.send_to_group("general", {"type": "x"})  # partition 0: nobody there
+            assert emitter._core.epochs == [partition.state.epoch for partition in backend.partitions]
+            # Partition 2's shard loses its data (the servers' keepers have not noticed yet).
+            room_prefix = partition_prefix(redis_prefix, "room")
+            with master_of(redis_cluster, partition_slot(redis_prefix, "room")).client() as admin:
+                keys = admin.keys(room_prefix + "*")
+                assert keys and admin.delete(*keys) == len(keys)
+            with pytest.raises(DeliveryError):
+                await emitter.send_to_group("room", {"type": "group", "data": "after the loss"})
+        finally:
+            await emitter.aclose()
 
 
 async def test_a_group_send_is_one_script_call_on_its_partitions_master_whatever_the_group_size(
