@@ -182,12 +182,7 @@ def serve(
         harness.wait_port(port, process)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        harness.stop_process(process, 30)
 
 
 def stats(port: int) -> dict[str, Any]:

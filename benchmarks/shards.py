@@ -84,12 +84,7 @@ def server(env: dict[str, str], log: Path) -> Iterator[None]:
         run.wait_port(port, process)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        run.stop_process(process)
 
 
 async def publish(groups: int, seconds: float, in_flight: int) -> dict[str, Any]:
