@@ -20,8 +20,10 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from starlette.types import Message as ASGIMessage
+from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from fastapi_channels.eager import run_eagerly, server_send
 from fastapi_channels.exceptions import CloseCode
 from fastapi_channels.framing import FAST_PATH_EXTENSION, encode_frame
 from fastapi_channels.stats import Counters, WaitHistogram
@@ -125,8 +127,10 @@ class Connection:
         "_closer",
         "_coalescer",
         "_counters",
+        "_direct_send",
         "_fast",
         "_flush_scheduled",
+        "_handoff",
         "_max_bytes",
         "_max_messages",
         "_on_closed",
@@ -204,6 +208,10 @@ class Connection:
         self._fast: Any = None  # a fastpath.FrameWriter when the server offers one
         self._coalescer = coalescer if coalescer is not None else WriteCoalescer(counters.outbound_wait)
         self._flush_scheduled = False
+        # ASGI path: the server's own send when frames may be sent eagerly (see `eager`), and
+        # a send that had to wait, or its error, handed to the writer task to finish.
+        self._direct_send: Send | None = None
+        self._handoff: tuple[Awaitable[None], int] | BaseException | None = None
         self._close_hook: Callable[[int], Awaitable[None]] | None = None
         # History groups this connection is being replayed into: their live frames wait here
         # as (offset, frame) until the replay is sent; after it, the last offset it sent (older
@@ -227,6 +235,7 @@ class Connection:
         if writer is not None and writer.usable:
             self._fast = writer
         else:
+            self._direct_send = server_send(self.websocket)
             self._start_writer(self._write_loop())
 
     def _start_writer(self, body: Coroutine[Any, Any, None]) -> None:
@@ -321,6 +330,12 @@ class Connection:
         self.bytes_received += size
         self._counters.messages_received += 1
         self._counters.bytes_received += size
+
+    @property
+    def sends_eagerly(self) -> bool:
+        """ASGI path: True when frames are sent by the coalescer itself while the transport
+        takes them (the server's own send, no middleware between: see `fastapi_channels.eager`)."""
+        return self._direct_send is not None
 
     @property
     def uses_fast_path(self) -> bool:
@@ -451,30 +466,62 @@ class Connection:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _take_frame(self) -> str | bytes:
+        """ASGI path: the oldest queued frame, off the buffer (its wait observed if sampled)."""
+        frame = self._buffer.pop(0)
+        self._buffered_bytes -= len(frame)
+        left = self._sample_left
+        if left:
+            self._sample_left = left - 1
+            if left == 1:
+                self._counters.outbound_wait.observe(clock() - self._sample_at)
+        return frame
+
+    def _send_eagerly(self, send: Send) -> None:
+        """ASGI path, the writer parked: send the queued frames here, each to its end. The
+        first send that has to wait (or fails) goes to the writer task, with the rest after it."""
+        buffer = self._buffer
+        while buffer:
+            frame = self._take_frame()
+            message = (
+                {"type": "websocket.send", "text": frame}
+                if frame.__class__ is str
+                else {"type": "websocket.send", "bytes": frame}
+            )
+            try:
+                rest = run_eagerly(send(message))  # type: ignore[arg-type]
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as error:  # the socket refused it: the writer ends on it
+                self._handoff = error
+            else:
+                if rest is None:
+                    self._count_sent(1, len(frame))
+                    continue
+                self._handoff = (rest, len(frame))
+            self._wake_writer()
+            return
+
     async def _write_loop(self) -> None:
         buffer = self._buffer
-        send = self.websocket.send
-        counters = self._counters
+        send = self._direct_send or self.websocket.send
         loop = asyncio.get_running_loop()
         while True:
-            if buffer:
-                frame = buffer.pop(0)
-                size = len(frame)
-                self._buffered_bytes -= size
-                left = self._sample_left
-                if left:
-                    self._sample_left = left - 1
-                    if left == 1:
-                        counters.outbound_wait.observe(clock() - self._sample_at)
+            handoff = self._handoff
+            if handoff is not None:
+                self._handoff = None
+                if isinstance(handoff, BaseException):
+                    raise handoff
+                rest, size = handoff
+                await rest
+                self._count_sent(1, size)
+            elif buffer:
+                frame = self._take_frame()
                 if frame.__class__ is str:
                     await send({"type": "websocket.send", "text": frame})
                 else:
                     await send({"type": "websocket.send", "bytes": frame})
-                self.messages_sent += 1
-                self.bytes_sent += size
-                counters.messages_sent += 1
-                counters.bytes_sent += size
-                counters.socket_writes += 1
+                self._count_sent(1, len(frame))
             elif self.state is ConnectionState.OPEN:
                 waiter = self._waiter = loop.create_future()
                 await waiter
@@ -495,8 +542,12 @@ class Connection:
         if not buffer:
             return False
         fast = self._fast
-        if fast is None:  # the ASGI path: its writer task sends every queued frame
-            self._wake_writer()
+        if fast is None:  # the ASGI path: sent here, or by the writer task (one `send` each)
+            send = self._direct_send
+            if send is not None and self._waiter is not None and self.state is ConnectionState.OPEN:
+                self._send_eagerly(send)  # the writer is parked: no send of it is under way
+            else:
+                self._wake_writer()
             return False
         if not fast.writable:
             if not self._sample_left:
