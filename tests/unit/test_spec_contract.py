@@ -12,6 +12,7 @@ RateLimitError, AuthorizationError, SystemError, TimeoutError, etc.").
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -82,6 +83,11 @@ async def test_send_group_except_takes_exclude_or_exclude_connection_id_not_both
 # --- custom middleware via the Middleware base class -------------------------------------------------
 
 
+# LoggingMiddleware names the connection when its logger is enabled (an earlier test may have
+# left it so): a chain with it always runs for a connection.
+A_CONNECTION: Any = SimpleNamespace(user_id="ann", channel_name="srv!c1")
+
+
 class Shout(Middleware):
     """Written as the spec describes custom middleware: subclass Middleware, override process."""
 
@@ -108,9 +114,9 @@ async def test_a_middleware_subclass_that_overrides_process_runs_alone_and_in_a_
 
     chain = LoggingMiddleware() >> Shout() >> DropSecret("SECRET")
     assert isinstance(chain, MiddlewareChain)
-    said = await chain.process(Message(type="say", data="hello"), None, None)
+    said = await chain.process(Message(type="say", data="hello"), A_CONNECTION, None)
     assert said is not None and said.data == "HELLO"
-    assert await chain.process(Message(type="say", data="secret"), None, None) is None
+    assert await chain.process(Message(type="say", data="secret"), A_CONNECTION, None) is None
 
 
 async def test_a_middleware_is_callable_and_follows_its_next_middleware() -> None:
@@ -121,7 +127,7 @@ async def test_a_middleware_is_callable_and_follows_its_next_middleware() -> Non
     assert called is not None and called.data == "LOUD"
     assert await step(Message(type="say", data="quiet"), None, None) is None
     # In a chain, a step's own next_middleware runs right after it.
-    chained = await (LoggingMiddleware() >> step).process(Message(type="say", data="x"), None, None)
+    chained = await (LoggingMiddleware() >> step).process(Message(type="say", data="x"), A_CONNECTION, None)
     assert chained is not None and chained.data == "X"
     # A subclass that never calls Middleware.__init__ has no next step.
     assert Shout().next_middleware is None
