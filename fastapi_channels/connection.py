@@ -211,7 +211,7 @@ class Connection:
         # ASGI path: the server's own send when frames may be sent eagerly (see `eager`), and
         # a send that had to wait, or its error, handed to the writer task to finish.
         self._direct_send: Send | None = None
-        self._handoff: tuple[Awaitable[None], int] | BaseException | None = None
+        self._handoff: tuple[Coroutine[Any, Any, None], int] | BaseException | None = None
         self._close_hook: Callable[[int], Awaitable[None]] | None = None
         # History groups this connection is being replayed into: their live frames wait here
         # as (offset, frame) until the replay is sent; after it, the last offset it sent (older
@@ -530,7 +530,8 @@ class Connection:
 
     def flush(self, now: float | None = None, queued: float | None = None) -> bool:
         """Write everything queued in one transport write, if the transport takes it (on the
-        ASGI path: wake the writer task, which sends the frames one `send` each).
+        ASGI path: one `send` each, stepped here while the writer task is parked and the
+        server's own send is known, else by the writer task).
 
         True when it wrote frames queued since the coalescer scheduled this flush (at
         `queued`): the coalescer measures their wait, once for every such write. A write of
@@ -583,6 +584,12 @@ class Connection:
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         if self._writer is task and self._fast is not None:
             self._writer = None  # the fast path starts one when it needs one
+        # ASGI path: no parked writer any more, so no eager send; a send handed over that it
+        # never took up is dropped with it (its frame was taken: the connection is ending).
+        self._waiter = None
+        handoff, self._handoff = self._handoff, None
+        if isinstance(handoff, tuple):
+            handoff[0].close()
         if task.cancelled():
             return
         error = task.exception()

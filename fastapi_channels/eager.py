@@ -16,7 +16,7 @@ through it from the connection's writer task, as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from starlette.types import Send
@@ -67,9 +67,9 @@ def _wrapped(wrapper: Any) -> Any:
     return closure[code.co_freevars.index("send")].cell_contents
 
 
-def run_eagerly(sending: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
+def run_eagerly(sending: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None] | None:
     """Step `sending` here: None when it finished (its exception, if any, is raised here);
-    otherwise an awaitable that finishes it, to be awaited by a task."""
+    otherwise a coroutine that finishes it, for a task to await (or to close, if none will)."""
     try:
         waiting_on = sending.send(None)
     except StopIteration:

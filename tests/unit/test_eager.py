@@ -5,6 +5,7 @@ wrappers) is run this way, never an app's middleware."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -245,3 +246,21 @@ async def test_a_refused_eager_send_closes_the_connection_as_a_refused_write_doe
     assert counters.send_failures == 1
     assert not connection.is_open
     assert counters.messages_sent == 0
+
+
+async def test_closing_while_a_send_waits_ends_it_without_leaving_a_coroutine_behind(
+    monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
+    counters = Counters()
+    socket = PausableSocket()
+    connection = await _connection(socket, monkeypatch, counters)
+    socket.drained.clear()  # a client that stopped reading
+    connection.enqueue("stuck")
+    connection.enqueue("behind it")
+    await _settle()
+    connection.close(flush=False)
+    await asyncio.wait_for(connection.wait_closed(), 5)
+    assert not connection.is_open and socket.sent == []
+    assert connection.buffered_messages == 0
+    gc.collect()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
