@@ -23,7 +23,7 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from fastapi_channels.eager import run_eagerly, server_send
+from fastapi_channels.eager import Unfinished, run_eagerly, server_send
 from fastapi_channels.exceptions import CloseCode
 from fastapi_channels.framing import FAST_PATH_EXTENSION, encode_frame
 from fastapi_channels.stats import Counters, WaitHistogram
@@ -211,7 +211,7 @@ class Connection:
         # ASGI path: the server's own send when frames may be sent eagerly (see `eager`), and
         # a send that had to wait, or its error, handed to the writer task to finish.
         self._direct_send: Send | None = None
-        self._handoff: tuple[Coroutine[Any, Any, None], int] | BaseException | None = None
+        self._handoff: tuple[Unfinished, int] | BaseException | None = None
         self._close_hook: Callable[[int], Awaitable[None]] | None = None
         # History groups this connection is being replayed into: their live frames wait here
         # as (offset, frame) until the replay is sent; after it, the last offset it sent (older
@@ -512,8 +512,8 @@ class Connection:
                 self._handoff = None
                 if isinstance(handoff, BaseException):
                     raise handoff
-                rest, size = handoff
-                await rest
+                unfinished, size = handoff
+                await unfinished.finish()
                 self._count_sent(1, size)
             elif buffer:
                 frame = self._take_frame()
@@ -589,7 +589,7 @@ class Connection:
         self._waiter = None
         handoff, self._handoff = self._handoff, None
         if isinstance(handoff, tuple):
-            handoff[0].close()
+            handoff[0].abandon()
         if task.cancelled():
             return
         error = task.exception()

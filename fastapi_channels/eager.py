@@ -16,19 +16,24 @@ through it from the connection's writer task, as before.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 from collections.abc import Coroutine
 from typing import Any
 
 from starlette.types import Send
 from starlette.websockets import WebSocket
 
-__all__ = ["run_eagerly", "server_send"]
+__all__ = ["Unfinished", "run_eagerly", "server_send"]
 
-SERVER_MODULE = "uvicorn.protocols.websockets."
-"""Where the WebSocket protocols whose `send` is known to write without waiting come from:
-uvicorn's sans-I/O and wsproto ones (and the library's fast-path protocol, a subclass), whose
-ASGI send is their method `send`. The legacy one's is `asgi_send` (deprecated by uvicorn; it
-keeps the writer task)."""
+SERVER_SENDS = (
+    ("uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol"),
+    ("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol"),
+)
+"""The protocols whose own `send` writes a `websocket.send` without waiting while the
+transport is writable (the library's fast-path protocol inherits the first one's). The
+legacy protocol's ASGI send (`asgi_send`, deprecated by uvicorn) keeps the writer task, and
+so does a subclass that overrides `send`: its code is not known."""
 
 PASS_THROUGH = {
     # Starlette's exception handling wraps `send` to note an HTTP response's start; a
@@ -41,17 +46,26 @@ MAX_WRAPPERS = 8
 """How deep `server_send` looks (Starlette adds one wrapper per exception-handling layer)."""
 
 
+@functools.cache
+def _known_sends() -> frozenset[Any]:
+    """The functions of SERVER_SENDS that can be imported here (wsproto is optional)."""
+    found = set()
+    for module_name, class_name in SERVER_SENDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found.add(getattr(module, class_name).send)
+    return frozenset(found)
+
+
 def server_send(websocket: WebSocket) -> Send | None:
     """The server's own `send` under the app's `websocket`, when only known pass-through
     wrappers are between them; None when anything else is (or the server is another)."""
     send: Any = getattr(websocket, "_send", None)
     for _ in range(MAX_WRAPPERS):
-        owner = getattr(send, "__self__", None)
-        if owner is not None:
-            known = getattr(send, "__name__", "") == "send" and any(
-                kind.__module__.startswith(SERVER_MODULE) for kind in type(owner).__mro__
-            )
-            return send if known else None
+        if getattr(send, "__self__", None) is not None:  # a bound method: the server's?
+            return send if getattr(send, "__func__", None) in _known_sends() else None
         if (getattr(send, "__module__", None), getattr(send, "__qualname__", None)) not in PASS_THROUGH:
             return None
         send = _wrapped(send)
@@ -67,28 +81,42 @@ def _wrapped(wrapper: Any) -> Any:
     return closure[code.co_freevars.index("send")].cell_contents
 
 
-def run_eagerly(sending: Coroutine[Any, Any, None]) -> Coroutine[Any, Any, None] | None:
+class Unfinished:
+    """A send stepped once that is waiting: for a task to finish, or to abandon."""
+
+    __slots__ = ("sending", "waiting_on")
+
+    def __init__(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self.sending = sending
+        self.waiting_on = waiting_on
+
+    async def finish(self) -> None:
+        """What a task does for a coroutine it steps: wait for what it yielded, resume it."""
+        sending, waiting_on = self.sending, self.waiting_on
+        try:
+            while True:
+                if waiting_on is None:  # a bare yield (`asyncio.sleep(0)`): one loop iteration
+                    await asyncio.sleep(0)
+                else:  # a future: its outcome is for `sending` to see when resumed, not for us
+                    await asyncio.wait((waiting_on,))
+                try:
+                    waiting_on = sending.send(None)
+                except StopIteration:
+                    return
+        except BaseException:
+            sending.close()  # cancelled while it waited: let its `finally` blocks run
+            raise
+
+    def abandon(self) -> None:
+        """No task will finish it (its connection is ending): close it where it waits."""
+        self.sending.close()
+
+
+def run_eagerly(sending: Coroutine[Any, Any, None]) -> Unfinished | None:
     """Step `sending` here: None when it finished (its exception, if any, is raised here);
-    otherwise a coroutine that finishes it, for a task to await (or to close, if none will)."""
+    otherwise the send as it waits, for a task to finish (or to abandon, if none will)."""
     try:
         waiting_on = sending.send(None)
     except StopIteration:
         return None
-    return _finish(sending, waiting_on)
-
-
-async def _finish(sending: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """What a task does for a coroutine it steps: wait for what it yielded, then resume it."""
-    try:
-        while True:
-            if waiting_on is None:  # a bare yield (`asyncio.sleep(0)`): one loop iteration
-                await asyncio.sleep(0)
-            else:  # a future: its outcome is for `sending` to see when resumed, not for us
-                await asyncio.wait((waiting_on,))
-            try:
-                waiting_on = sending.send(None)
-            except StopIteration:
-                return
-    except BaseException:
-        sending.close()  # cancelled while it waited: let its `finally` blocks run
-        raise
+    return Unfinished(sending, waiting_on)

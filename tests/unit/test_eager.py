@@ -13,6 +13,7 @@ from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from fastapi_channels import connection as connection_module
 from fastapi_channels.connection import Connection, WriteCoalescer
@@ -40,7 +41,7 @@ async def test_a_send_that_does_not_wait_finishes_in_the_caller() -> None:
     assert done == ["sent"]
 
 
-async def test_a_send_that_waits_is_finished_by_whoever_awaits_the_rest() -> None:
+async def test_a_send_that_waits_is_finished_by_a_task() -> None:
     gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     steps: list[str] = []
 
@@ -52,7 +53,7 @@ async def test_a_send_that_waits_is_finished_by_whoever_awaits_the_rest() -> Non
 
     rest = run_eagerly(send())
     assert rest is not None and steps == ["framed"]
-    finishing = asyncio.ensure_future(rest)
+    finishing = asyncio.ensure_future(rest.finish())
     await asyncio.sleep(0)
     assert steps == ["framed"]
     gate.set_result("drained")
@@ -76,7 +77,7 @@ async def test_an_error_is_raised_where_the_send_is_when_it_happens() -> None:
     assert rest is not None
     gate.set_exception(BrokenPipeError("gone while paused"))
     with pytest.raises(BrokenPipeError):
-        await asyncio.wait_for(rest, 1)
+        await asyncio.wait_for(rest.finish(), 1)
 
 
 async def test_cancelling_the_task_that_finishes_a_send_closes_it() -> None:
@@ -90,11 +91,26 @@ async def test_cancelling_the_task_that_finishes_a_send_closes_it() -> None:
 
     rest = run_eagerly(send())
     assert rest is not None
-    task = asyncio.ensure_future(rest)
+    task = asyncio.ensure_future(rest.finish())
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert cleaned == ["finally"]
+
+
+async def test_an_abandoned_send_is_closed_where_it_waits() -> None:
+    cleaned: list[str] = []
+
+    async def send() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            cleaned.append("finally")
+
+    rest = run_eagerly(send())
+    assert rest is not None
+    rest.abandon()
     assert cleaned == ["finally"]
 
 
@@ -140,6 +156,26 @@ async def test_an_apps_middleware_between_keeps_sends_in_the_writer_task() -> No
     assert server_send(WebSocket(dict(SCOPE), _receive, wrapped)) is None
 
 
+def test_wsprotos_send_is_recognised_and_a_subclass_inherits_it() -> None:
+    class Inheriting(WebSocketsSansIOProtocol):  # as the library's fast-path protocol does
+        pass
+
+    inheriting = Inheriting.__new__(Inheriting)
+    assert server_send(WebSocket(dict(SCOPE), _receive, inheriting.send)) == inheriting.send
+    wsproto = WSProtocol.__new__(WSProtocol)
+    assert server_send(WebSocket(dict(SCOPE), _receive, wsproto.send)) == wsproto.send
+
+
+def test_a_subclass_that_overrides_send_keeps_the_writer_task() -> None:
+    class Deadlined(WebSocketsSansIOProtocol):
+        async def send(self, message: Any) -> None:
+            async with asyncio.timeout(5):  # needs a current task
+                await super().send(message)
+
+    deadlined = Deadlined.__new__(Deadlined)
+    assert server_send(WebSocket(dict(SCOPE), _receive, deadlined.send)) is None
+
+
 def test_another_servers_send_is_not_run_eagerly() -> None:
     class OtherServer:
         async def send(self, message: Message) -> None:
@@ -158,11 +194,16 @@ class PausableSocket:
         self.drained = asyncio.Event()
         self.drained.set()
         self.refuse = False
+        self.waiting = 0  # sends suspended on the paused transport right now
 
     async def send(self, message: Message) -> None:
         if message["type"] != "websocket.send":
             return
-        await self.drained.wait()
+        self.waiting += 1
+        try:
+            await self.drained.wait()
+        finally:
+            self.waiting -= 1
         if self.refuse:
             raise ConnectionResetError("the peer is gone")
         self.tasks.append(asyncio.current_task())
@@ -262,5 +303,26 @@ async def test_closing_while_a_send_waits_ends_it_without_leaving_a_coroutine_be
     await asyncio.wait_for(connection.wait_closed(), 5)
     assert not connection.is_open and socket.sent == []
     assert connection.buffered_messages == 0
+    gc.collect()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+async def test_a_send_handed_to_a_writer_that_ends_before_taking_it_up_is_closed(
+    monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
+    counters = Counters()
+    socket = PausableSocket()
+    connection = await _connection(socket, monkeypatch, counters)
+    socket.drained.clear()
+    connection.enqueue("stuck")
+    await asyncio.sleep(0)  # the coalescer ran: the send waits, handed to the writer, not yet run
+    assert socket.waiting == 1
+    writer = connection._writer  # the writer task, ended here before its turn comes
+    assert writer is not None
+    writer.cancel()
+    await asyncio.wait([writer])
+    assert socket.waiting == 0  # closed where it waited, not left for the garbage collector
+    connection.close(flush=False)
+    await asyncio.wait_for(connection.wait_closed(), 5)
     gc.collect()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
