@@ -44,6 +44,13 @@ class ConnectionState(StrEnum):
     CLOSED = "closed"
 
 
+def _asgi_message(frame: str | bytes) -> ASGIMessage:
+    """The ASGI event that sends `frame` as a text (str) or binary (bytes) frame."""
+    if frame.__class__ is str:
+        return {"type": "websocket.send", "text": frame}
+    return {"type": "websocket.send", "bytes": frame}
+
+
 class WriteCoalescer:
     """Writes connections' queued frames, a slice of connections per loop iteration.
 
@@ -483,13 +490,8 @@ class Connection:
         buffer = self._buffer
         while buffer:
             frame = self._take_frame()
-            message = (
-                {"type": "websocket.send", "text": frame}
-                if frame.__class__ is str
-                else {"type": "websocket.send", "bytes": frame}
-            )
             try:
-                rest = run_eagerly(send(message))  # type: ignore[arg-type]
+                rest = run_eagerly(send(_asgi_message(frame)))  # type: ignore[arg-type]
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as error:  # the socket refused it: the writer ends on it
@@ -517,10 +519,7 @@ class Connection:
                 self._count_sent(1, size)
             elif buffer:
                 frame = self._take_frame()
-                if frame.__class__ is str:
-                    await send({"type": "websocket.send", "text": frame})
-                else:
-                    await send({"type": "websocket.send", "bytes": frame})
+                await send(_asgi_message(frame))
                 self._count_sent(1, len(frame))
             elif self.state is ConnectionState.OPEN:
                 waiter = self._waiter = loop.create_future()
