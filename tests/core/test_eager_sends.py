@@ -74,6 +74,17 @@ async def test_a_fast_path_server_sends_eagerly_where_it_falls_back_to_asgi(
         await fan_out_in_order(manager, [plain, deflated], 100)
 
 
+async def test_a_protocol_subclass_that_overrides_send_is_sent_to_from_the_writer_task(
+    start_server: StartServer,
+) -> None:
+    # Its send needs a current task: stepped outside one, every connection closed with 1011.
+    async with start_server(ws="tests.support.deadlined_ws:DeadlinedProtocol") as (server, manager):
+        clients = await joined(server, [f"member{i}" for i in range(3)])
+        assert [connection.sends_eagerly for connection in manager.registry] == [False] * 3
+        await fan_out_in_order(manager, clients, 100)
+        assert manager.get_stats()["send_failures"] == 0
+
+
 async def test_a_middleware_wrapping_send_sees_every_frame_from_a_task(start_server: StartServer) -> None:
     SendWitness.frames = []
 
