@@ -67,12 +67,17 @@ class WriteCoalescer:
 
     slice_size = 4
     """Connections written per loop iteration. Small, so the loop reads its sockets often
-    during a large fan-out; an iteration costs a few microseconds, a write about ten."""
+    during a large fan-out; an iteration costs a few microseconds, a write about ten. Larger
+    slices cut a lone broadcast's CPU (by 5% at 64, for 19,000 connections) but let a stream
+    of messages catch fewer connections still waiting: W1 on the ASGI path and W3 then cost
+    25-55% more CPU per delivery (docs/benchmarks.md, *The cross-server path*)."""
 
     def __init__(self, waits: WaitHistogram | None = None) -> None:
         # Batches of connections in the order they were scheduled, each with when its first
-        # frame was queued: the wait of every write in it is measured from then.
+        # frame was queued: the wait of every write in it is measured from then. The first
+        # batch is written from `_next` on (a cursor: no copy of what is left per slice).
         self._batches: deque[tuple[float, list[Connection]]] = deque()
+        self._next = 0
         self._open: list[Connection] | None = None  # the batch this loop iteration adds to
         self._running = False
         self.waits = waits if waits is not None else WaitHistogram()
@@ -97,17 +102,14 @@ class WriteCoalescer:
         batches = self._batches
         left = self.slice_size
         now = clock()
+        index = self._next
         while batches and left > 0:
             queued, batch = batches[0]
-            if len(batch) <= left:
-                batches.popleft()
-                chunk = batch
-            else:
-                chunk = batch[:left]
-                del batch[:left]
-            left -= len(chunk)
             written = 0  # writes of frames queued since `queued`: one wait for all of them
-            for connection in chunk:
+            while index < len(batch) and left > 0:  # (a flush may schedule into it: see `schedule`)
+                connection = batch[index]
+                index += 1
+                left -= 1
                 try:
                     written += connection.flush(now, queued)
                 except Exception:
@@ -115,6 +117,10 @@ class WriteCoalescer:
                     connection.close(CloseCode.INTERNAL_ERROR, flush=False)
             if written:
                 self.waits.observe(now - queued, written)
+            if index >= len(batch):
+                batches.popleft()
+                index = 0
+        self._next = index
         if batches:
             asyncio.get_running_loop().call_soon(self._run)
         else:

@@ -167,3 +167,51 @@ async def test_asgi_connections_are_woken_a_slice_at_a_time_and_send_everything_
         assert [socket.sent for _, _, socket in made] == [["a", "b"]] * 4
         assert counters.messages_sent == 8
         assert counters.socket_writes == 8  # the ASGI path sends each frame on its own
+
+
+async def test_a_connection_scheduled_while_a_slice_writes_is_written_too() -> None:
+    """A flush may queue frames for other connections (here, a write that triggers sends):
+    they join a batch behind the one being written, and the slices reach every one of them."""
+    counters = Counters()
+    coalescer = WriteCoalescer(counters.outbound_wait)
+    coalescer.slice_size = 3
+    async with _connections(12, coalescer, counters, fast=True) as made:
+        first_writer = made[0][1]
+        recorded = first_writer.write
+
+        def write_and_fan_out(data: bytes) -> None:
+            recorded(data)
+            for connection, _, _ in made[4:]:
+                connection.enqueue("echo")
+
+        first_writer.write = write_and_fan_out  # type: ignore[method-assign]
+        for connection, _, _ in made[:4]:
+            connection.enqueue("a")
+        await _until_idle(coalescer)
+        assert [len(writer.writes) for _, writer, _ in made] == [1] * 12
+        assert [writer.writes[0] for _, writer, _ in made] == [encode_frame("a")] * 4 + [
+            encode_frame("echo")
+        ] * 8
+        assert counters.socket_writes == 12
+
+
+async def test_a_fan_out_larger_than_a_slice_writes_each_connection_once_in_order() -> None:
+    counters = Counters()
+    coalescer = WriteCoalescer(counters.outbound_wait)
+    coalescer.slice_size = 4
+    order: list[int] = []
+    async with _connections(30, coalescer, counters, fast=True) as made:
+        for index, (_, writer, _) in enumerate(made):
+            recorded = writer.write
+
+            def note(data: bytes, index: int = index, recorded: Any = recorded) -> None:
+                order.append(index)
+                recorded(data)
+
+            writer.write = note  # type: ignore[method-assign]
+        for connection, _, _ in made:
+            connection.enqueue("a")
+        for step in range(1, 9):
+            await asyncio.sleep(0)
+            assert order == list(range(min(4 * step, 30)))  # a slice of 4 per iteration, FIFO
+        assert not coalescer.clock
