@@ -70,7 +70,8 @@ class WriteCoalescer:
     during a large fan-out; an iteration costs a few microseconds, a write about ten. Larger
     slices cut a lone broadcast's CPU (by 5% at 64, for 19,000 connections) but let a stream
     of messages catch fewer connections still waiting: W1 on the ASGI path and W3 then cost
-    25-55% more CPU per delivery (docs/benchmarks.md, *The cross-server path*)."""
+    25-56% more CPU per delivery (docs/benchmarks.md, *The cross-server path*, has
+    the trials)."""
 
     def __init__(self, waits: WaitHistogram | None = None) -> None:
         # Batches of connections in the order they were scheduled, each with when its first
