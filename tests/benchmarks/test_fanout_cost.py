@@ -12,19 +12,21 @@ from benchmarks import fanout_cost
 from fastapi_channels.connection import WriteCoalescer
 
 
-def test_every_size_writes_every_connection_once_per_round(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["fast", "asgi"])
+def test_every_size_writes_every_connection_once_per_round(tmp_path: Path, path: str) -> None:
     out = tmp_path / "cost.json"
-    rows = fanout_cost.main(["--sizes", "3,50", "--rounds", "2", "--json", str(out)])
+    rows = fanout_cost.main(["--sizes", "3,50", "--rounds", "2", "--path", path, "--json", str(out)])
     assert [row["connections"] for row in rows] == [3, 50]
     for row in rows:
-        assert row["rounds"] == 2
+        assert row["rounds"] == 2 and row["path"] == path
         assert row["loop_iterations"] == -(-row["connections"] // WriteCoalescer.slice_size)
         assert row["total_us_per_connection"] > 0
         assert row["fan_out_ms"] > 0
     assert json.loads(out.read_text())["rows"] == rows
 
 
-def test_a_frame_not_written_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", ["fast", "asgi"])
+def test_a_frame_not_written_fails_the_run(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     from fastapi_channels.connection import Connection
 
     real_enqueue = Connection.enqueue
@@ -36,4 +38,4 @@ def test_a_frame_not_written_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(Connection, "enqueue", lose_one)
     with pytest.raises(AssertionError, match="5 connections x 1 rounds: 4 frames"):
-        fanout_cost.main(["--sizes", "5", "--rounds", "1"])
+        fanout_cost.main(["--sizes", "5", "--rounds", "1", "--path", path])
