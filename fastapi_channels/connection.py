@@ -502,6 +502,7 @@ class Connection:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as error:  # the socket refused it: the writer ends on it
+                self._count_dropped(1)
                 self._handoff = error
             else:
                 if rest is None:
@@ -522,11 +523,21 @@ class Connection:
                 if isinstance(handoff, BaseException):
                     raise handoff
                 unfinished, size = handoff
-                await unfinished.finish()
+                try:
+                    await unfinished.finish()
+                except BaseException:
+                    self._count_dropped(1)  # see below
+                    raise
                 self._count_sent(1, size)
             elif buffer:
                 frame = self._take_frame()
-                await send(_asgi_message(frame))
+                try:
+                    await send(_asgi_message(frame))
+                except BaseException:
+                    # Failed, or cut by a close while it waited: it may or may not have
+                    # reached the socket, so it counts as lost, never as sent.
+                    self._count_dropped(1)
+                    raise
                 self._count_sent(1, len(frame))
             elif self.state is ConnectionState.OPEN:
                 waiter = self._waiter = loop.create_future()
@@ -596,6 +607,7 @@ class Connection:
         handoff, self._handoff = self._handoff, None
         if isinstance(handoff, tuple):
             handoff[0].abandon()
+            self._count_dropped(1)
         if task.cancelled():
             return
         error = task.exception()

@@ -211,9 +211,10 @@ class PausableSocket:
 
 
 async def _connection(
-    socket: PausableSocket, monkeypatch: pytest.MonkeyPatch, counters: Counters
+    socket: PausableSocket, monkeypatch: pytest.MonkeyPatch, counters: Counters, *, eager: bool = True
 ) -> Connection:
-    monkeypatch.setattr(connection_module, "server_send", lambda websocket: socket.send)
+    # Not eager: as under an app's middleware, every frame goes through the writer task.
+    monkeypatch.setattr(connection_module, "server_send", lambda websocket: socket.send if eager else None)
 
     async def forget(_: Connection) -> None:
         return None
@@ -286,7 +287,8 @@ async def test_a_refused_eager_send_closes_the_connection_as_a_refused_write_doe
     await asyncio.wait_for(connection.wait_closed(), 5)
     assert counters.send_failures == 1
     assert not connection.is_open
-    assert counters.messages_sent == 0
+    # The refused frame and the one behind it: each counted, as dropped, never as sent.
+    assert (counters.messages_sent, counters.messages_dropped, connection.messages_dropped) == (0, 2, 2)
 
 
 async def test_closing_while_a_send_waits_ends_it_without_leaving_a_coroutine_behind(
@@ -303,6 +305,9 @@ async def test_closing_while_a_send_waits_ends_it_without_leaving_a_coroutine_be
     await asyncio.wait_for(connection.wait_closed(), 5)
     assert not connection.is_open and socket.sent == []
     assert connection.buffered_messages == 0
+    # The send under way may or may not have reached the socket: lost, as far as anyone
+    # can tell, so it is counted as dropped with the frame behind it, not forgotten.
+    assert (counters.messages_sent, counters.messages_dropped) == (0, 2)
     gc.collect()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
@@ -324,5 +329,29 @@ async def test_a_send_handed_to_a_writer_that_ends_before_taking_it_up_is_closed
     assert socket.waiting == 0  # closed where it waited, not left for the garbage collector
     connection.close(flush=False)
     await asyncio.wait_for(connection.wait_closed(), 5)
+    assert (counters.messages_sent, counters.messages_dropped) == (0, 1)
     gc.collect()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("eager", [True, False])
+async def test_every_frame_is_counted_sent_or_dropped_when_a_close_cuts_a_waiting_send(
+    monkeypatch: pytest.MonkeyPatch, eager: bool
+) -> None:
+    """With or without eager sends: a close that does not flush ends the send under way."""
+    counters = Counters()
+    socket = PausableSocket()
+    connection = await _connection(socket, monkeypatch, counters, eager=eager)
+    assert connection.sends_eagerly is eager
+    connection.enqueue("sent")
+    await _settle()
+    socket.drained.clear()
+    for text in ("waits", "queued 1", "queued 2"):
+        connection.enqueue(text)
+    await _settle()
+    assert socket.waiting == 1
+    connection.close(flush=False)
+    await asyncio.wait_for(connection.wait_closed(), 5)
+    assert socket.sent == ["sent"]
+    assert (counters.messages_sent, counters.messages_dropped) == (1, 3)
+    assert (connection.messages_sent, connection.messages_dropped) == (1, 3)
