@@ -133,6 +133,15 @@ async def test_drop_oldest_keeps_the_slow_client_and_counts_what_it_lost(
             assert stats["messages_dropped"] > 0
             assert slow.messages_dropped == stats["messages_dropped"]  # only the slow one lost any
             assert peak <= QUEUE_BYTES and slow.buffered_bytes <= QUEUE_BYTES
+
+            # Closed now, without flushing: on the ASGI path the writer is cut in the middle of
+            # a send that waits for the stalled socket. Every one of the 4096 frames is then
+            # counted once, as sent or as dropped (the one in flight may or may not have left),
+            # and so is the app's "hello" before them.
+            slow.close(flush=False)
+            await asyncio.wait_for(slow.wait_closed(), 10)
+            assert slow.buffered_messages == 0
+            assert slow.messages_sent + slow.messages_dropped == 1 + 4096
         finally:
             await silent.close()
 
