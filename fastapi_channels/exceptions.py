@@ -41,6 +41,7 @@ __all__ = [
     "ErrorContext",
     "ErrorResponse",
     "ErrorSeverity",
+    "InvalidHandshakeName",
     "MessageError",
     "RateLimitError",
     "SystemError",
@@ -256,6 +257,22 @@ class ValidationError(BaseError):
     severity = ErrorSeverity.LOW
     default_code = "VALIDATION_ERROR"
     default_ws_code = CloseCode.POLICY_VIOLATION
+
+
+class InvalidHandshakeName(ValidationError, WebSocketException):
+    """A user id or connection id given to `manager.connect` that breaks the name rule.
+
+    A `ValidationError` (`INVALID_NAME`), as every bad name is, and a Starlette
+    `WebSocketException`: raised out of an endpoint before accept, Starlette refuses the
+    handshake (HTTP 403) instead of answering 500 with a traceback in the log.
+    """
+
+    default_code = "INVALID_NAME"
+
+    def __init__(self, message: str = "", error_code: str | None = None, **kwargs: Any) -> None:
+        BaseError.__init__(self, message, error_code, **kwargs)
+        self.code = self.ws_code
+        self.reason = self.error_code
 
 
 class RateLimitError(BaseError):

@@ -36,6 +36,7 @@ from fastapi_channels.exceptions import (
     CloseCode,
     ConnectionError,
     DeliveryError,
+    InvalidHandshakeName,
     ValidationError,
 )
 from fastapi_channels.framing import encode_frame
@@ -367,22 +368,16 @@ class ConnectionManager:
         ConnectionError.
 
         Over a limit the socket is accepted and closed with 1013 (the client sees the code);
-        a bad origin or user id is refused at the handshake (HTTP 403). Raised out of the
+        a bad origin, user id or connection id is refused at the handshake (HTTP 403). Raised out of the
         endpoint, Starlette turns the error into that close without logging a traceback.
         A `connection_id` whose connection is open here is refused (DUPLICATE_CONNECTION_ID,
         1013); one whose connection is closing is reused once that one has released everything.
         """
         self._check_origin(websocket)
         if user_id is not None:
-            try:
-                user_id = routing.validate_name("user", str(user_id))
-            except BaseError as exc:
-                raise ConnectionError(
-                    exc.message,
-                    error_code="INVALID_USER_ID",
-                    ws_code=CloseCode.POLICY_VIOLATION,
-                    retryable=False,
-                ) from None
+            user_id = self._handshake_name("user", str(user_id))
+        if connection_id is not None:
+            connection_id = self._handshake_name("connection", connection_id)
         if not self._started:
             await self.start_tasks()
         if self._stopping:
@@ -557,6 +552,15 @@ class ConnectionManager:
         connection = self.registry.get(channel_name)
         if connection is not None:
             connection.close(CloseCode.TRY_AGAIN_LATER, "CONNECTION_LIMIT_EXCEEDED", flush=False)
+
+    def _handshake_name(self, kind: str, name: object) -> str:
+        """`name` if it keeps the name rule; else the handshake is refused (HTTP 403) with
+        a ValidationError (INVALID_NAME), before anything is accepted or registered."""
+        try:
+            return routing.validate_name(kind, name)
+        except ValidationError as exc:
+            self.counters.connections_refused += 1
+            raise InvalidHandshakeName(exc.message, details=exc.details, retryable=False) from None
 
     def _check_origin(self, websocket: WebSocket) -> None:
         allowed = self.config.WS_ALLOWED_ORIGINS
