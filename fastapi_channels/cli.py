@@ -47,6 +47,10 @@ def _serve(args: argparse.Namespace, config: WSConfig) -> None:
 
     uvicorn.run(
         args.app,
+        # Where APP is looked for first, as uvicorn's own CLI does: a console script does not
+        # put the current directory on sys.path, so `fastapi-channels run app:app` would not
+        # find the app.py next to it.
+        app_dir=args.app_dir,
         host=args.host,
         port=args.port,
         # A class, not its import path: older uvicorn releases only look names up in a table.
@@ -139,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve an ASGI app under uvicorn")
     run.add_argument("app", help="import path, e.g. example.main:app")
+    run.add_argument(
+        "--app-dir",
+        default=".",
+        help="look for APP in this directory first (default: the current directory)",
+    )
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument(

@@ -83,3 +83,14 @@ def test_the_graceful_shutdown_deadline_reaches_uvicorn(monkeypatch: pytest.Monk
     monkeypatch.setattr("uvicorn.run", lambda app, **options: calls.append(options))
     assert cli.main(["run", "tests.app:app_from_env", "--factory", "--timeout-graceful-shutdown", "20"]) == 0
     assert calls[0]["timeout_graceful_shutdown"] == 20
+
+
+def test_the_app_is_looked_for_in_the_current_directory_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BACKEND_TYPE", "memory")
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: calls.append(options))
+    assert cli.main(["run", "app:app"]) == 0
+    assert cli.main(["run", "app:app", "--app-dir", "src"]) == 0
+    assert [call["app_dir"] for call in calls] == [".", "src"]
