@@ -233,7 +233,8 @@ class RedisBackend(BaseBackend):
             )
 
     async def _connect_with_retries(self) -> None:
-        attempts = self.reconnect_attempts + 1
+        # WS_RECONNECT_MAX_ATTEMPTS counts every attempt, the first included (0 still makes one).
+        attempts = max(1, self.reconnect_attempts)
         shown = self.target.describe()
         for attempt in range(1, attempts + 1):
             try:

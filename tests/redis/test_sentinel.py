@@ -233,7 +233,7 @@ async def test_sentinels_unreachable_at_start_fail_clearly_without_secrets(
         REDIS_SENTINELS=f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}",
         REDIS_SENTINEL_MASTER=MASTER_NAME,
         REDIS_SENTINEL_PASSWORD=SENTINEL_PASSWORD,
-        WS_RECONNECT_MAX_ATTEMPTS=1,
+        WS_RECONNECT_MAX_ATTEMPTS=2,
         WS_RECONNECT_DELAY=0.05,
         LOG_STATS=False,
     )
