@@ -201,11 +201,11 @@ class BaseConsumer:
         group: str,
         message: Any,
         exclude: str | Iterable[str] | None = None,
-        *,
         exclude_connection_id: str | None = None,
     ) -> None:
         """Send to a group minus some channel names: this connection's own unless given
-        (as `exclude`, or `exclude_connection_id` as in the spec's manager)."""
+        (as `exclude`, or `exclude_connection_id` as in the spec's manager; README lists both
+        in this order, so either may be passed by position)."""
         if exclude is None and exclude_connection_id is None:
             exclude = self.channel_name
         await self.manager.send_group_except(

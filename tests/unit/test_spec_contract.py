@@ -72,6 +72,39 @@ def test_send_group_except_takes_the_originals_keyword() -> None:
         assert "exclude" in parameters, method
 
 
+def test_a_consumers_send_group_except_takes_its_parameters_in_the_readmes_order() -> None:
+    """README: `send_group_except(group, message, exclude=None, exclude_connection_id=None)`."""
+    from fastapi_channels.consumer.base import BaseConsumer
+
+    parameters = inspect.signature(BaseConsumer.send_group_except).parameters
+    assert [(name, p.kind, p.default) for name, p in parameters.items()] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("group", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("message", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("exclude", inspect.Parameter.POSITIONAL_OR_KEYWORD, None),
+        ("exclude_connection_id", inspect.Parameter.POSITIONAL_OR_KEYWORD, None),
+    ]
+
+
+async def test_a_consumers_send_group_except_passes_an_id_given_by_position() -> None:
+    from fastapi_channels.consumer.base import BaseConsumer
+
+    calls: list[tuple[Any, ...]] = []
+
+    class Manager:
+        async def send_group_except(self, *args: Any, **kwargs: Any) -> None:
+            calls.append((args, kwargs))
+
+    connection = SimpleNamespace(user_id="ann", channel_name="srv!c1", set_close_hook=lambda hook: None)
+    consumer = BaseConsumer(connection, Manager())  # type: ignore[arg-type]
+    await consumer.send_group_except("room", {"type": "x"}, None, "srv!other")
+    await consumer.send_group_except("room", {"type": "x"})
+    assert calls == [
+        (("room", {"type": "x"}, None), {"exclude_connection_id": "srv!other"}),
+        (("room", {"type": "x"}, "srv!c1"), {"exclude_connection_id": None}),
+    ]
+
+
 async def test_send_group_except_takes_exclude_or_exclude_connection_id_not_both() -> None:
     manager = ConnectionManager(fastapi_channels.WSConfig(LOG_STATS=False))
     with pytest.raises(TypeError, match="not both"):
