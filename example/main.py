@@ -16,11 +16,15 @@ import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, WebSocket
+from fastapi import Depends, FastAPI, Path, WebSocket
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
 from example.access import ROOM_GROUP_PREFIX, Caller, CallerDep, RestAuth, RoomAccess
@@ -256,6 +260,25 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
 
     app.add_exception_handler(ApiError, api_error)
 
+    async def http_error(conn: HTTPConnection, exc: Exception) -> Response:
+        """Any other HTTP refusal (an unknown path, a method not allowed) gets a code too: its
+        status's name, so every refusal of the API has the same shape."""
+        assert isinstance(exc, StarletteHTTPException)
+        try:
+            code = HTTPStatus(exc.status_code).name
+        except ValueError:  # a status without a name in the standard
+            code = "ERROR"
+        return JSONResponse({"detail": exc.detail, "error_code": code}, exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+    async def invalid_request(conn: HTTPConnection, exc: Exception) -> Response:
+        """A request that does not match its model: 422, `detail` FastAPI's list of what is wrong."""
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": jsonable_encoder(exc.errors()), "error_code": "INVALID_REQUEST"}, 422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
     def may_enter(caller: Caller, room: str) -> None:
         """Admin-only rooms need an admin's token; without tokens nobody is one over REST."""
         if not access.may_enter(caller.user_id, room):
@@ -294,7 +317,7 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
         """
         may_enter(caller, room_name)
         if limit < 1 or limit > 1000:
-            raise HTTPException(status_code=400, detail="Limit must be between 1 and 1000")
+            raise ApiError(400, "INVALID_LIMIT", "Limit must be between 1 and 1000")
 
         messages = db.get_recent_messages(room_name, limit=limit)
         return {"room": room_name, "messages": messages, "count": len(messages)}
@@ -342,7 +365,7 @@ def create_app(ws_config: WSConfig | None = None, settings: ChatSettings | None 
         may_enter(caller, room_name)
         username = sender(caller, body.username)
         if await db.get_room(room_name) is None:
-            raise HTTPException(status_code=404, detail=f"no room named {room_name!r}")
+            raise ApiError(404, "ROOM_NOT_FOUND", f"no room named {room_name!r}")
         stored = await db.save_message(room_name, username, username, body.text)
         await manager.send_to_group(
             room_group(room_name),

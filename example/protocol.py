@@ -61,7 +61,9 @@ ERROR_CODES: dict[str, str] = {
     "MISSING_MESSAGE_TYPE": "no `type` string",
     "INVALID_MESSAGE_TYPE": "`type` is not 1-64 of letters, digits, `_ . : -` starting with a letter",
     "UNKNOWN_MESSAGE_TYPE": "`type` is not one of the client message types above (binary frames too)",
-    "MESSAGE_TOO_LARGE": "the frame is larger than `WS_MAX_MESSAGE_SIZE`",
+    "MESSAGE_TOO_LARGE": "the frame is larger than `WS_MAX_MESSAGE_SIZE`, on a server that let it "
+    "through; under `fastapi-channels run` (the demo) the server refuses such a frame itself and "
+    "closes the connection with 1009 before the app sees it",
     "INVALID_MESSAGE_DATA": "`data` does not match the type's model (`details.field`, `details.errors`)",
     "RATE_LIMIT_EXCEEDED": "too many messages (see Rate limit); `details.retry_after` seconds",
     "ROOM_NOT_FOUND": "`get_room_users`, `get_message_history` of a room that does not exist",
@@ -425,8 +427,15 @@ class RoomJoinedFrame(_RoomUserFrame):
         default=False, description="true: the messages after `since` were sent, none missing"
     )
     replayed: int = Field(default=0, description="how many messages were sent again")
-    epoch: str | None = Field(default=None, description="the room history's epoch")
-    offset: int = Field(default=0, description="offset of the room's last message (0: none yet)")
+    epoch: str | None = Field(
+        default=None,
+        description="the room history's epoch (null: no message in this history yet; on the memory "
+        "backend that history, the numbering of live messages, starts again when the server restarts, "
+        "while `message_history` still comes from the database)",
+    )
+    offset: int = Field(
+        default=0, description="offset of the room's last message in that history (0: none yet)"
+    )
 
 
 class RoomLeftFrame(_RoomUserFrame):

@@ -171,7 +171,8 @@ def render() -> str:
 
     out.append("## Errors\n")
     out.append(
-        "Every error is an `error` frame (see above); none of these closes the connection. "
+        "Every error is an `error` frame (see above); none of these closes the connection (a frame "
+        "above the server's size limit is not an error of the app: the server closes with 1009). "
         "`details.field` names the offending field where there is one.\n"
     )
     out.append("| error_code | when |")
@@ -203,16 +204,17 @@ def render() -> str:
         "Request and response models are in the OpenAPI documentation at `/docs`. With "
         "`CHAT_ACCESS_TOKENS` set, every `/api/` endpoint but `/api/status` needs "
         "`Authorization: Bearer <token>` (401 otherwise); refusals are JSON "
-        '`{"detail": ..., "error_code": ...}`. Which endpoints are public, and why: '
-        "example/README.md.\n"
+        '`{"detail": ..., "error_code": ...}`, every one (a request that does not match its model: '
+        "422 `INVALID_REQUEST`, `detail` the list of what is wrong; an unknown path: 404 "
+        "`NOT_FOUND`). Which endpoints are public, and why: example/README.md.\n"
     )
     out.append("| method and path | what it does |")
     out.append("|---|---|")
     for path, what in (
         (
             "GET /api/rooms/{room}/messages?limit=50",
-            "stored messages of a room, oldest first (limit 1-1000, else 400; `admin-*` rooms: "
-            "an admin's token, else 403 `ROOM_FORBIDDEN`)",
+            "stored messages of a room, oldest first (limit 1-1000, else 400 `INVALID_LIMIT`; "
+            "`admin-*` rooms: an admin's token, else 403 `ROOM_FORBIDDEN`)",
         ),
         (
             "POST /api/announce",
@@ -221,7 +223,7 @@ def render() -> str:
         ),
         (
             "POST /api/room/{room}/message",
-            "store a message and send it to the room as `chat_message` (404: no room; "
+            "store a message and send it to the room as `chat_message` (404 `ROOM_NOT_FOUND`: no room; "
             "with tokens it is from the caller)",
         ),
         ("POST /api/user/{user_id}/notification", "`notification` to every connection of a user"),

@@ -38,7 +38,10 @@ async def test_room_history_endpoint_validates_limit(chat: RunningChat, http: ht
     for bad in (0, 1001, -5):
         response = await http.get("/api/rooms/general/messages", params={"limit": bad})
         assert response.status_code == 400, bad
-        assert response.json() == {"detail": "Limit must be between 1 and 1000"}
+        assert response.json() == {
+            "detail": "Limit must be between 1 and 1000",
+            "error_code": "INVALID_LIMIT",
+        }
     assert (await http.get("/api/rooms/empty-room/messages")).json() == {
         "room": "empty-room",
         "messages": [],
@@ -85,6 +88,7 @@ async def test_room_message_is_stored_and_sent_to_members(chat: RunningChat, htt
 
     missing = await http.post("/api/room/ghost/message", json={"text": "hello"})
     assert missing.status_code == 404
+    assert missing.json() == {"detail": "no room named 'ghost'", "error_code": "ROOM_NOT_FOUND"}
     assert (await http.post("/api/room/bad%20name/message", json={"text": "x"})).status_code == 422
     assert (await http.post("/api/room/general/message", json={"text": "x", "extra": 1})).status_code == 422
 
@@ -156,3 +160,21 @@ async def test_html_client_is_served(http: httpx.AsyncClient) -> None:
         assert element in page
     # user text is only ever inserted as text
     assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "document.write" not in page
+
+
+async def test_every_refusal_carries_an_error_code(http: httpx.AsyncClient) -> None:
+    """docs/protocol.md: refusals are JSON `{"detail": ..., "error_code": ...}`, every one."""
+    invalid = await http.post("/api/announce", json={"message": ""})
+    assert invalid.status_code == 422
+    body = invalid.json()
+    assert body["error_code"] == "INVALID_REQUEST"
+    assert [error["loc"] for error in body["detail"]] == [["body", "message"]]
+    not_an_integer = await http.get("/api/rooms/general/messages", params={"limit": "abc"})
+    assert not_an_integer.status_code == 422 and not_an_integer.json()["error_code"] == "INVALID_REQUEST"
+    unknown = await http.get("/api/no-such-endpoint")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "Not Found", "error_code": "NOT_FOUND"}
+    wrong_method = await http.delete("/api/status")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error_code"] == "METHOD_NOT_ALLOWED"
+    assert "GET" in wrong_method.headers["allow"]
