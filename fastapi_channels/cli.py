@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi_channels.config import WSConfig
 
-__all__ = ["main", "metrics_directory", "resolve_ws", "workers_refusal"]
+__all__ = ["main", "metrics_directory", "resolve_ws", "run_logging_config", "workers_refusal"]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -43,8 +43,6 @@ def _run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, config: WSConfig) -> None:
     import uvicorn
 
-    from fastapi_channels.logfilter import logging_config
-
     uvicorn.run(
         args.app,
         # Where APP is looked for first, as uvicorn's own CLI does: a console script does not
@@ -60,12 +58,30 @@ def _serve(args: argparse.Namespace, config: WSConfig) -> None:
         ws_per_message_deflate=args.ws_per_message_deflate,
         access_log=not args.no_access_log,
         log_level=config.LOG_LEVEL.lower(),
-        # A client must not be able to write a traceback into the log per bad frame.
-        log_config=logging_config(),
+        # A client must not be able to write a traceback into the log per bad frame; the
+        # library's own records (the stats line, closes, outages) go where uvicorn's do.
+        log_config=run_logging_config(config.LOG_LEVEL),
         factory=args.factory,
         workers=args.workers,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
     )
+
+
+def run_logging_config(level: str) -> dict[str, Any]:
+    """The log configuration of `fastapi-channels run`: uvicorn's, with the protocol error
+    filter, and the library's logger (`fastapi_channels`) at `level` on uvicorn's handler.
+
+    Imported as a library it configures no logging; but a server started with its own CLI
+    would otherwise drop the library's INFO records (the LOG_STATS line among them): uvicorn
+    configures only its own loggers. The records do not propagate further, so an app that
+    configures the root logger does not print them twice.
+    """
+    from fastapi_channels.logfilter import logging_config
+
+    config = logging_config()
+    library = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    config["loggers"]["fastapi_channels"] = library
+    return config
 
 
 @contextlib.contextmanager

@@ -2,11 +2,13 @@
 
 The console script is what users type; unlike `python -m`, it does not put the current
 directory on sys.path, so the app next to it must be found through `--app-dir` (default: the
-current directory), as uvicorn's own CLI does.
+current directory), as uvicorn's own CLI does. Its log carries the library's records too
+(`LOG_STATS`'s line), not only uvicorn's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -52,7 +54,7 @@ async def test_the_readme_example_runs_with_the_console_script_from_its_director
     port = free_port()
     log = tmp_path / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env |= {"BACKEND_TYPE": "memory", "LOG_STATS": "false"}
+    env |= {"BACKEND_TYPE": "memory", "LOG_STATS": "true", "WS_STATS_INTERVAL": "0.2"}
     with log.open("wb") as output:
         process = subprocess.Popen(
             [str(CONSOLE_SCRIPT), "run", "app:app", "--port", str(port)],
@@ -68,6 +70,11 @@ async def test_the_readme_example_runs_with_the_console_script_from_its_director
             assert welcome["type"] == "welcome" and welcome["channel_name"]
             await alice.send(json.dumps({"type": "say", "data": "hi"}))
             assert json.loads(await alice.recv()) == {"type": "said", "user": "alice", "text": "hi"}
+            # LOG_STATS: the library's stats line reaches the server's log under its own CLI.
+            deadline = time.monotonic() + 10
+            while "stats connections=1 " not in log.read_text() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert "stats connections=1 " in log.read_text(), log.read_text()
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(20)
