@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from fastapi_channels.eager import Unfinished, run_eagerly, server_send
 from fastapi_channels.exceptions import CloseCode
-from fastapi_channels.framing import FAST_PATH_EXTENSION, encode_frame
+from fastapi_channels.framing import FAST_PATH_EXTENSION, encode_frame, payload_size
 from fastapi_channels.stats import Counters, WaitHistogram
 
 __all__ = ["Connection", "ConnectionState", "OverflowPolicy", "WriteCoalescer"]
@@ -369,7 +369,9 @@ class Connection:
         fast = self._fast
         if fast is not None:
             frame = encode_frame(frame) if wire is None else wire
-        size = len(frame)
+            size = payload_size(len(frame))  # counted and bounded as the ASGI path does
+        else:
+            size = len(frame)
         buffer = self._buffer
         if (
             len(buffer) >= self._max_messages or self._buffered_bytes + size > self._max_bytes
@@ -446,8 +448,10 @@ class Connection:
             return False
         buffer = self._buffer
         dropped = 0
+        fast = self._fast is not None
         while buffer and (len(buffer) >= self._max_messages or self._buffered_bytes + size > self._max_bytes):
-            self._buffered_bytes -= len(buffer.pop(0))
+            oldest = len(buffer.pop(0))
+            self._buffered_bytes -= payload_size(oldest) if fast else oldest
             dropped += 1
         self._count_dropped(dropped)
         if self._fast is None:
@@ -575,10 +579,11 @@ class Connection:
             return False
         count = len(buffer)
         data = buffer[0] if count == 1 else b"".join(buffer)  # type: ignore[arg-type]
+        size = self._buffered_bytes  # the payloads' sizes, as on the ASGI path (not the headers)
         buffer.clear()
         self._buffered_bytes = 0
         fast.write(data)
-        self._count_sent(count, len(data))
+        self._count_sent(count, size)
         if self._sample_left:
             self._sample_left = 0
             self._counters.outbound_wait.observe((clock() if now is None else now) - self._sample_at)

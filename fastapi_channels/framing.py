@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-__all__ = ["FAST_PATH_EXTENSION", "OPCODE_BINARY", "OPCODE_TEXT", "encode_frame"]
+__all__ = ["FAST_PATH_EXTENSION", "OPCODE_BINARY", "OPCODE_TEXT", "encode_frame", "payload_size"]
 
 OPCODE_TEXT: Final = 0x1
 OPCODE_BINARY: Final = 0x2
@@ -35,3 +35,17 @@ def encode_frame(message: str | bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", first, 127, length)
     return header + payload
+
+
+def payload_size(frame_size: int) -> int:
+    """The payload's size in a frame of `frame_size` bytes built by `encode_frame`.
+
+    An unmasked header is 2 bytes up to a 125-byte payload, 4 up to 65,535 and 10 beyond, so
+    a frame's size says its header's: the fast path counts and bounds payloads as the ASGI
+    path does, without keeping a second size per queued frame.
+    """
+    if frame_size <= 127:
+        return frame_size - 2
+    if frame_size <= 65539:
+        return frame_size - 4
+    return frame_size - 10

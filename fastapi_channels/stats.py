@@ -51,10 +51,10 @@ class WaitHistogram:
 class Counters:
     """Totals since the manager started.
 
-    Sizes received, and sent on the ASGI path, count characters of text frames and bytes of
-    binary ones. Sent on the fast path, they count the bytes written: each frame is queued
-    already framed (UTF-8, with its 2-10 byte header), and counting characters would take a
-    decode per frame.
+    Sizes count payloads: characters of text frames and bytes of binary ones, except those
+    sent on the fast path, which count the UTF-8 bytes of text (the same for ASCII): frames
+    are queued there already encoded, and counting characters would take a decode per frame.
+    Frame headers are never counted.
     """
 
     connections_opened: int = 0

@@ -41,6 +41,11 @@ async def serve(app: Any, *, ws: str = "websockets-sansio", **options: Any) -> A
     # log_config=None keeps the process's logging as it is, so uvicorn's records (an
     # "Exception in ASGI application" included) reach the root logger and pytest's caplog.
     options.setdefault("log_config", None)
+    # As `fastapi-channels run` serves: without compression. A client that negotiates
+    # permessage-deflate (websockets' clients do by default) would otherwise never be written
+    # to by the fast path, and a test of `ws="...FastWebSocketProtocol"` would test the ASGI
+    # path instead.
+    options.setdefault("ws_per_message_deflate", False)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

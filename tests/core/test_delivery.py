@@ -203,3 +203,23 @@ async def test_a_message_within_the_size_limit_reaches_healthy_members(start_ser
             assert frame == {"type": "group", "data": "x" * size}, str(frame)[:200]
         stats = manager.get_stats()
         assert (stats["slow_consumer_closes"], stats["messages_dropped"]) == (0, 0)
+
+
+async def test_sizes_sent_count_payloads_alike_on_every_protocol(start_server: StartServer, ws: str) -> None:
+    """bytes_sent (and the outbound bound) count a frame's payload, on the fast path too, where
+    frames are queued with their header: sizes of 5, 200 and 70,000 ASCII characters take
+    each of the three header lengths there."""
+    async with start_server(ws=ws) as (server, manager):
+        client = await Client.open(server, "sizes")
+        [connection] = await manager.get_user_connections("sizes")
+        await client.call("joined", op="join", group="room")
+        before = connection.bytes_sent, manager.get_stats()["bytes_sent"]
+        texts = ["x" * 5, "y" * 200, "z" * 70_000]
+        for text in texts:
+            await manager.send_to_group("room", text)
+        for text in texts:
+            assert await client.next() == text
+        sent = sum(len(text) for text in texts)
+        after = connection.bytes_sent, manager.get_stats()["bytes_sent"]
+        assert (after[0] - before[0], after[1] - before[1]) == (sent, sent)
+        assert connection.buffered_bytes == 0

@@ -64,7 +64,8 @@ async def test_uvicorns_own_send_is_run_eagerly_and_everything_arrives(
 async def test_a_fast_path_server_sends_eagerly_where_it_falls_back_to_asgi(
     start_server: StartServer,
 ) -> None:
-    async with start_server(ws=FAST) as (server, manager):
+    # A server that negotiates compression (`serve` turns it off, as the CLI does).
+    async with start_server(ws=FAST, uvicorn={"ws_per_message_deflate": True}) as (server, manager):
         # The client offers permessage-deflate unless told not to: that connection takes the ASGI path.
         plain, deflated = await joined(server, ["plain", "deflated"], plain={"compression": None})
         on_fast = manager.get_connection(plain.channel_name)

@@ -22,7 +22,8 @@ def test_frames_follow_rfc_6455_length_forms() -> None:
 async def test_a_connection_with_permessage_deflate_takes_the_standard_path(
     start_server: StartServer,
 ) -> None:
-    async with start_server(ws=FAST) as (server, manager):
+    # A server that negotiates compression (`serve` turns it off, as the CLI does).
+    async with start_server(ws=FAST, uvicorn={"ws_per_message_deflate": True}) as (server, manager):
         plain = await Client.open(server, "plain", compression=None)
         deflated = await Client.open(server, "deflated")  # the client offers permessage-deflate
         assert manager.get_connection(plain.channel_name).uses_fast_path  # type: ignore[union-attr]

@@ -77,7 +77,12 @@ async def test_a_bad_frame_ends_only_its_own_connection(
 async def test_a_frame_above_the_servers_max_size_is_refused_with_1009(
     start_server: StartServer, ws: str
 ) -> None:
-    async with start_server(ws=ws, uvicorn={"ws_max_size": MAX_SIZE}) as (server, manager):
+    # Compressed, as these frames were written for: the client's send of a 16 MiB frame then
+    # completes before the server refuses it (uncompressed, the refusal cuts the send).
+    async with start_server(ws=ws, uvicorn={"ws_max_size": MAX_SIZE, "ws_per_message_deflate": True}) as (
+        server,
+        manager,
+    ):
         healthy = await Client.open(server, "healthy")
         await healthy.call("joined", op="join", group="room")
         victim = await Client.open(server, "victim")
@@ -99,7 +104,8 @@ async def test_a_frame_above_the_servers_max_size_is_refused_with_1009(
 async def test_without_a_configured_max_size_uvicorns_default_refuses_with_1009(
     start_server: StartServer, ws: str
 ) -> None:
-    async with start_server(ws=ws) as (server, manager):
+    # Compressed, as above.
+    async with start_server(ws=ws, uvicorn={"ws_per_message_deflate": True}) as (server, manager):
         healthy = await Client.open(server, "healthy")
         big = await Client.open(server, "big", max_size=None)
 
