@@ -365,6 +365,9 @@ class Connection:
         iteration, with no task switch.
         """
         if self.state is not ConnectionState.OPEN:
+            # Addressed to it while it closes (its on_disconnect may still run, a member of its
+            # groups): never sent, so counted as dropped like any frame a close cuts.
+            self._count_dropped(1)
             return False
         fast = self._fast
         if fast is not None:
@@ -467,6 +470,11 @@ class Connection:
         counters.messages_sent += count
         counters.bytes_sent += size
         counters.socket_writes += 1
+
+    def count_dropped(self, count: int) -> None:
+        """Frames meant for this connection that were never queued (e.g. live frames past a
+        history replay's hold): counted as dropped, as the overflow policy's are."""
+        self._count_dropped(count)
 
     def _count_dropped(self, count: int) -> None:
         self.messages_dropped += count

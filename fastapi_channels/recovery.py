@@ -116,6 +116,8 @@ class HistoryGroups:
                 if isinstance(state, list):  # a replay is being read: wait for it
                     if len(state) < self.hold_limit:
                         state.append((offset, frame))
+                    else:  # past the hold's bound: lost to this member, and counted as such
+                        connection.count_dropped(1)
                     continue
                 if state is not None:  # a replay went up to `state`: older ones were sent
                     if offset <= state:
