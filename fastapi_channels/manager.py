@@ -501,6 +501,18 @@ class ConnectionManager:
             with contextlib.suppress(Exception):
                 await self.backend.remove_connection(channel_name, user_id)
             raise
+        if self._stopping or not self._started:
+            # stop_tasks began while this connect was admitted: it closes what the registry
+            # holds, so a connection registered from now on would outlive the stop, open and
+            # counted nowhere. Refused as a connect during the stop is (1001).
+            await self._drop_admitting(user_id)
+            with contextlib.suppress(Exception):
+                await self.backend.remove_connection(channel_name, user_id)
+            self.counters.connections_refused += 1
+            raise ConnectionError(
+                "server is shutting down", error_code="SERVER_SHUTTING_DOWN", ws_code=CloseCode.GOING_AWAY
+            )
+        # No await from the check above to here: stop_tasks either saw it stopping, or closes it.
         self.registry.add(connection)
         claim.connection = connection
         if user_id is not None:
@@ -595,6 +607,9 @@ class ConnectionManager:
         """
         connection = self.registry.get(connection_id)
         if connection is not None:
+            # What this server sent before (a group send still on its way back from Redis, a
+            # personal frame held behind it) reaches the client before the close.
+            await self._own_sends_back()
             connection.close(code, reason)
             with contextlib.suppress(TimeoutError):
                 await connection.wait_closed(timeout=2 * self.config.WS_CLOSE_TIMEOUT + 1)
@@ -828,6 +843,12 @@ class ConnectionManager:
             return
         if group not in connection.groups:
             return
+        # A send this server made to the group before this leave reaches the member first: on
+        # Redis it comes back through the reader after the call returned (on the memory
+        # backend it was queued before it returned: nothing waits there).
+        await self._own_sends_back()
+        if group not in connection.groups or self.registry.get(connection_id) is not connection:
+            return  # it left, or closed, meanwhile
         emptied = self.registry.leave(connection_id, group)
         # Stop listening first, then uncount (see join): a send in between is a false alarm,
         # never a silent loss. A discard Redis did not confirm is retried by the backend.
@@ -841,6 +862,22 @@ class ConnectionManager:
     def encode(self, message: Any) -> str | bytes:
         """The frame every recipient of `message` gets: built once per send."""
         return to_frame(message, self.serializer)
+
+    async def _own_sends_back(self) -> None:
+        """Until this server's cluster sends issued so far have come back through its reader
+        and been queued to their local members (or can no longer: the topic was dropped, the
+        reader lost its connection, or the barrier's max_wait passed). At once when none is
+        on its way, and always on the memory backend."""
+        if not self._ordered:
+            return
+        passed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def release() -> None:
+            if not passed.done():
+                passed.set_result(None)
+
+        if self._echoes.defer(release):
+            await passed
 
     def send_local(self, connection: Connection, frame: str | bytes) -> bool:
         """Queue an encoded frame on a local connection, after this server's cluster sends
