@@ -63,7 +63,17 @@ class ServerProcess:
         if self.cli:
             command = ["fastapi_channels.cli", "run", "tests.app:app_from_env", *options]
         else:
-            command = ["uvicorn", "tests.app:app_from_env", *options, "--log-level", "warning"]
+            # Compression off, as `fastapi-channels run` serves: a client that negotiates it
+            # (websockets' clients do by default) is never written to by the fast path.
+            command = [
+                "uvicorn",
+                "tests.app:app_from_env",
+                *options,
+                "--ws-per-message-deflate",
+                "false",
+                "--log-level",
+                "warning",
+            ]
         self.process = subprocess.Popen(
             [sys.executable, "-m", *command],
             cwd=ROOT,
