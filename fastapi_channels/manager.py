@@ -843,10 +843,12 @@ class ConnectionManager:
             return
         if group not in connection.groups:
             return
-        # A send this server made to the group before this leave reaches the member first: on
-        # Redis it comes back through the reader after the call returned (on the memory
-        # backend it was queued before it returned: nothing waits there).
+        # A send made to the group before this leave reaches the member first: on Redis it
+        # comes back through the reader after the call returned, this server's own sends and
+        # any other server's alike (a fence through the group's partition: one round trip).
+        # On the memory backend a send was queued before it returned: nothing waits there.
         await self._own_sends_back()
+        await self.backend.fence(routing.group_topic(group))
         if group not in connection.groups or self.registry.get(connection_id) is not connection:
             return  # it left, or closed, meanwhile
         emptied = self.registry.leave(connection_id, group)

@@ -370,6 +370,11 @@ class RedisBackend(BaseBackend):
         reader = self._partition_of(topic).reader
         return reader is not None and reader.listening(topic)
 
+    async def fence(self, topic: str) -> None:
+        """A token through this server's own probe channel on `topic`'s partition: Redis hands
+        this server's connection there every message published before it first."""
+        await self._partition_of(topic).fence()
+
     def not_ready(self) -> str | None:
         """`backend_stopped`, `backend_connecting`, `backend_down`, or `backend_resyncing` while
         the servers write their state back after Redis lost it (new connections are refused).

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -117,6 +118,30 @@ class Partition:
             reader = self.reader = self._new_reader()
             reader.launch()
         return reader
+
+    async def fence(self, timeout: float = 2.0) -> None:
+        """Until a token published now on this server's probe channel is read back by the
+        reader: all that Redis handed the reader's connection before it has been dispatched.
+        Best effort, never an error: without a confirmed reader, when Redis refuses the
+        publish, or past `timeout`, it returns (the reader's own outage reporting covers what
+        a broken connection may have lost)."""
+        reader = self.reader
+        if reader is None or reader.state is not ReaderState.READY or self._client is None:
+            return
+        token = uuid.uuid4().hex.encode()
+        arrived = reader.expect_fence(token)
+        if arrived is None:
+            return
+        try:
+            if self.sharded:
+                await self._client.spublish(self.keys.probe, token)
+            else:
+                await self._client.publish(self.keys.probe, token)
+            await asyncio.wait_for(asyncio.shield(arrived), timeout)
+        except Exception as exc:  # TimeoutError included
+            logger.debug("fence on partition %d not confirmed: %r", self.index, exc)
+        finally:
+            reader.forget_fence(token)
 
     def _new_reader(self) -> PubSubReader:
         on_message, on_event, index = self._on_message, self._on_event, self.index

@@ -40,6 +40,10 @@ microseconds, and every pause is time in which this server hears nothing."""
 MAX_WAITERS_PER_TOPIC = 10_000
 """Callers waiting for one topic's confirmation; past it `subscribe` fails at once."""
 
+MAX_FENCES = 10_000
+"""Fences (see `PubSubReader.expect_fence`) waiting at once; past it a fence is not set up and
+its caller goes on without it."""
+
 
 class ReaderState(StrEnum):
     CONNECTING = "connecting"  # a connection attempt (or its subscriptions) is under way
@@ -79,6 +83,7 @@ class PubSubReader:
         self._unacked: dict[str, int] = {}  # commands sent for a topic, not yet acknowledged
         self._initial: set[bytes] = set()  # channels of the connect-time SUBSCRIBE not yet acked
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._fences: dict[bytes, asyncio.Future[None]] = {}  # token -> its arrival
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = False
@@ -120,6 +125,7 @@ class PubSubReader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._close(self._pubsub)
+        self._release_fences()
         self._fail_waiters(BackendError("the Redis backend stopped", error_code="BACKEND_NOT_STARTED"))
         self.wanted.clear()
         self.confirmed.clear()
@@ -299,6 +305,9 @@ class PubSubReader:
                     handler(topic, message["data"])
                 elif channel == probe:
                     self.probe_seen = time.monotonic()
+                    fence = self._fences.pop(message["data"], None)
+                    if fence is not None and not fence.done():
+                        fence.set_result(None)
             elif kind == "subscribe" or kind == "unsubscribe" or kind == "ssubscribe":
                 self._acknowledged(channel)
             elif kind == "sunsubscribe":
@@ -340,7 +349,27 @@ class PubSubReader:
             logger.warning("Redis pub/sub connection restored: %d topics confirmed", len(self.confirmed))
             self._on_event("recovered", None)
 
+    def expect_fence(self, token: bytes) -> asyncio.Future[None] | None:
+        """A future done when `token`, published on the probe channel, is read back here: then
+        everything Redis handed this connection before it has been dispatched (one connection
+        delivers in order). None when too many fences wait already. A fence that can no longer
+        come (the connection was lost or the reader stopped) is done too: its caller goes on."""
+        if len(self._fences) >= MAX_FENCES or self._pubsub is None:
+            return None
+        fence = self._fences[token] = asyncio.get_running_loop().create_future()
+        return fence
+
+    def forget_fence(self, token: bytes) -> None:
+        self._fences.pop(token, None)
+
+    def _release_fences(self) -> None:
+        fences, self._fences = self._fences, {}
+        for fence in fences.values():
+            if not fence.done():
+                fence.set_result(None)
+
     def _mark_lost(self, exc: BaseException) -> None:
+        self._release_fences()
         if self.state is not ReaderState.DOWN:
             self.state = ReaderState.CONNECTING
         self.confirmed.clear()
