@@ -148,10 +148,10 @@ class BaseBackend(abc.ABC):
         """Whether a message published to `topic` now is sure to come back to this server."""
         return True
 
-    async def fence(self, topic: str) -> None:
-        """Return once every message published to `topic` before this call has been handed to
-        this server's subscribers (or can no longer be). At once where a publish is handed
-        over before it returns, as in memory."""
+    async def fence(self, *topics: str) -> None:
+        """Return once every message published to these topics before this call has been
+        handed to this server's subscribers (or can no longer be). At once where a publish is
+        handed over before it returns, as in memory."""
         return None
 
     def not_ready(self) -> str | None:

@@ -370,10 +370,12 @@ class RedisBackend(BaseBackend):
         reader = self._partition_of(topic).reader
         return reader is not None and reader.listening(topic)
 
-    async def fence(self, topic: str) -> None:
-        """A token through this server's own probe channel on `topic`'s partition: Redis hands
-        this server's connection there every message published before it first."""
-        await self._partition_of(topic).fence()
+    async def fence(self, *topics: str) -> None:
+        """A token through this server's own probe channel on each partition of these topics
+        (side by side): Redis hands this server's connection there every message published
+        before it first."""
+        partitions = {id(p): p for p in map(self._partition_of, topics)}.values()
+        await asyncio.gather(*(partition.fence() for partition in partitions))
 
     def not_ready(self) -> str | None:
         """`backend_stopped`, `backend_connecting`, `backend_down`, or `backend_resyncing` while

@@ -203,3 +203,31 @@ async def test_a_send_from_one_server_then_a_leave_on_another_reaches_the_member
             received = [(await member.receive_json_from(5))["data"] for _ in range(50)]
             assert received == list(range(50))
             assert await member.receive_nothing(0.2)
+
+
+async def test_sends_from_one_server_then_a_disconnect_on_another_reach_the_client_first(
+    redis_server: RedisProcess,
+) -> None:
+    """The same for a kick: the owner fences every partition the connection hears through
+    (its groups', and the home's for its user, its inbox and everyone) before it closes."""
+    async with LocalCluster(2, redis_url=redis_server.url, app_factory=_cluster_app) as cluster:
+        sender, owner = cluster.managers
+        for round_ in range(10):
+            member = Communicator(cluster.apps[1], f"/ws/member{round_}")
+            connected, _ = await member.connect()
+            assert connected
+            name = (await member.receive_json_from(5))["channel_name"]
+            await owner.join_group(name, "room")
+            await sender.send_to_group("room", {"type": "group", "data": round_})
+            await sender.send_to_user(f"member{round_}", {"type": "user", "data": round_})
+            await sender.broadcast({"type": "everyone", "data": round_})
+            await owner.disconnect(name, 4000, "kicked")
+            frames = [await member.receive_json_from(5) for _ in range(3)]
+            assert sorted((frame["type"], frame["data"]) for frame in frames) == [
+                ("everyone", round_),
+                ("group", round_),
+                ("user", round_),
+            ]
+            with pytest.raises(ConnectionError):
+                await member.receive_from(5)
+            assert member.close_code == 4000
