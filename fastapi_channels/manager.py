@@ -607,13 +607,15 @@ class ConnectionManager:
         """
         connection = self.registry.get(connection_id)
         if connection is not None:
-            # What was sent before (this server's group send still on its way back from Redis,
-            # a personal frame held behind it, another server's send to one of its groups, its
-            # user or everyone) reaches the client before the close: one fence per partition.
-            await self._own_sends_back()
-            topics = [routing.group_topic(group) for group in connection.groups]
-            topics.append(routing.broadcast_topic())  # the home partition: user, inbox, everyone
-            await self.backend.fence(*topics)
+            if connection.is_open:  # a kick; a client that closed itself can be sent nothing
+                # What was sent before (this server's group send still on its way back from
+                # Redis, a personal frame held behind it, another server's send to one of its
+                # groups, its user or everyone) reaches the client before the close: one
+                # fence per partition.
+                await self._own_sends_back()
+                topics = [routing.group_topic(group) for group in connection.groups]
+                topics.append(routing.broadcast_topic())  # the home partition: user, inbox, everyone
+                await self.backend.fence(*topics)
             connection.close(code, reason)
             with contextlib.suppress(TimeoutError):
                 await connection.wait_closed(timeout=2 * self.config.WS_CLOSE_TIMEOUT + 1)
