@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 from fastapi_channels.testing import free_port
+from tests.support.server_process import wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "fastapi-channels"
@@ -34,19 +34,6 @@ def readme_example() -> str:
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match is not None, "README's *Use it* has no python block"
     return match.group(1)
-
-
-def wait_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"the server did not listen within 30 s:\n{log.read_text()}")
 
 
 async def test_the_readme_example_runs_with_the_console_script_from_its_directory(tmp_path: Path) -> None:
@@ -64,7 +51,7 @@ async def test_the_readme_example_runs_with_the_console_script_from_its_director
             stderr=output,
         )
     try:
-        wait_listening(process, port, log)
+        wait_listening(process, port, lambda: f"log:\n{log.read_text()}", timeout=30)
         async with connect(f"ws://127.0.0.1:{port}/ws/alice") as alice:
             welcome = json.loads(await alice.recv())
             assert welcome["type"] == "welcome" and welcome["channel_name"]

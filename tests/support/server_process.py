@@ -8,11 +8,29 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi_channels.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_listening(
+    process: subprocess.Popen[bytes], port: int, describe: Callable[[], str], timeout: float = 20
+) -> None:
+    """Until `process` accepts TCP connections on `port`: a RuntimeError with `describe()` (its
+    log, read then) when it exits first or does not listen within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} ({describe()})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)  # a poll with a deadline, not a timing assumption
+    raise RuntimeError(f"server did not start listening within {timeout:g} s ({describe()})")
 
 
 class ServerProcess:
@@ -84,16 +102,7 @@ class ServerProcess:
 
     def _wait_listening(self) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode} (log: {self.log_path})")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("server did not start listening")
+        wait_listening(self.process, self.port, lambda: f"log: {self.log_path}")
 
     @property
     def alive(self) -> bool:
