@@ -106,7 +106,8 @@ class BaseError(Exception):
     `MessageError("unknown type", "UNKNOWN_TYPE")` (message, then error code), and by keyword
     `category=`, `severity=`, `context=` (an ErrorContext), `details=`, `retryable=`,
     `retry_after=`, `cause=` (the exception behind it), `ws_code=`, `disconnect=`, and the
-    context's fields `user_id=`, `connection_id=`, `message_type=`, `component=`, `metadata=`.
+    context's fields `error_id=`, `timestamp=`, `user_id=`, `connection_id=`, `message_type=`,
+    `component=`, `metadata=` (set on `context` when both are given).
     """
 
     category: ErrorCategory = ErrorCategory.SYSTEM
@@ -130,6 +131,8 @@ class BaseError(Exception):
         details: dict[str, Any] | None = None,
         context: ErrorContext | None = None,
         cause: BaseException | None = None,
+        error_id: str | None = None,
+        timestamp: float | None = None,
         user_id: str | None = None,
         connection_id: str | None = None,
         message_type: str | None = None,
@@ -157,6 +160,8 @@ class BaseError(Exception):
         if cause is not None:
             self.__cause__ = cause
         for name, value in (
+            ("error_id", error_id),
+            ("timestamp", timestamp),
             ("user_id", user_id),
             ("connection_id", connection_id),
             ("message_type", message_type),

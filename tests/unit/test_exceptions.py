@@ -145,6 +145,15 @@ def test_explicit_context_is_used() -> None:
     assert response.timestamp == 12.5
 
 
+@pytest.mark.parametrize("cls", [BaseError, ValidationError, RateLimitError, AuthorizationError])
+def test_error_id_and_timestamp_are_keywords_too(cls: type[BaseError]) -> None:
+    """README: every field of the context is also a keyword of its own."""
+    error = cls("x", error_id="abc", timestamp=12.5, user_id="u1")
+    assert (error.context.error_id, error.context.timestamp, error.context.user_id) == ("abc", 12.5, "u1")
+    frame = error.to_response().to_dict()
+    assert (frame["error_id"], frame["timestamp"]) == ("abc", 12.5)
+
+
 # --- ErrorResponse ------------------------------------------------------------------------------
 RESPONSE_KEYS = {
     "type",
