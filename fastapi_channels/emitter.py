@@ -90,7 +90,7 @@ class _Send:
     envelope: bytes
     kind: Kind
     exact: bool = False
-    channel: str = ""  # control and disconnect: the connection they are about
+    channel: str = ""  # personal, control and disconnect: the connection they are about
     store: tuple[str, str, frozenset[str]] | None = None  # history: group, JSON object text, excluded
 
 
@@ -154,7 +154,8 @@ class _Core:
         owner = _owner(connection_id)
         if owner is None:
             return None
-        return _Send(routing.inbox_topic(owner), routing.encode_personal(connection_id, frame), "personal")
+        envelope = routing.encode_personal(connection_id, frame)
+        return _Send(routing.inbox_topic(owner), envelope, "personal", channel=connection_id)
 
     def control(self, connection_id: str, command: dict[str, object]) -> _Send:
         """A command for the owning server, without `reply_to`: the owner runs it and answers nobody."""
@@ -224,7 +225,10 @@ class _Core:
                 ttl=history.ttl,
             )
             return PUBLISH_HISTORY_SCRIPT, keys, args
-        keys, args = publish_call(keys_here, send.topic, send.envelope, epoch, exact=send.exact)
+        connection = send.channel if send.kind == "personal" else ""  # none registered: not sent
+        keys, args = publish_call(
+            keys_here, send.topic, send.envelope, epoch, exact=send.exact, connection=connection
+        )
         return PUBLISH_SCRIPT, keys, args
 
     # --- what came of it -----------------------------------------------------------------------
@@ -397,7 +401,8 @@ class Emitter:
         await self._send(self._core.broadcast(message))
 
     async def send_personal(self, connection_id: str, message: Any) -> bool:
-        """Send to one connection by channel name; False when its server is not listening."""
+        """Send to one connection by channel name; False when no server has it open (or its
+        server is not listening)."""
         send = self._core.personal(connection_id, message)
         return send is not None and (await self._send(send)).reached > 0
 
@@ -524,7 +529,8 @@ class SyncEmitter:
         self._send(self._core.broadcast(message))
 
     def send_personal(self, connection_id: str, message: Any) -> bool:
-        """Send to one connection by channel name; False when its server is not listening."""
+        """Send to one connection by channel name; False when no server has it open (or its
+        server is not listening)."""
         send = self._core.personal(connection_id, message)
         return send is not None and self._send(send).reached > 0
 

@@ -898,7 +898,8 @@ class ConnectionManager:
         """Send to one connection by channel name, on whichever server owns it.
 
         True when the frame was queued here or reached the owner's server; False when the
-        connection is gone (or, here, refused the frame).
+        connection is gone (here, or registered on no server: nothing is published then), or
+        here refused the frame.
         """
         frame = self.encode(message)
         connection = self.registry.get(connection_id)
@@ -908,7 +909,10 @@ class ConnectionManager:
         if owner is None or owner == self.server_id:
             return False
         delivery = await self._publish(
-            routing.inbox_topic(owner), routing.encode_personal(connection_id, frame), shortfall_raises=False
+            routing.inbox_topic(owner),
+            routing.encode_personal(connection_id, frame),
+            to_connection=connection_id,
+            shortfall_raises=False,
         )
         return delivery.reached > 0
 
@@ -975,6 +979,7 @@ class ConnectionManager:
         envelope: bytes,
         *,
         to_user: str | None = None,
+        to_connection: str | None = None,
         shortfall_raises: bool = True,
         store: tuple[str, str, frozenset[str]] | None = None,
     ) -> Delivery:
@@ -999,10 +1004,12 @@ class ConnectionManager:
                     topic, group, tag, routing.exclusion_header(exclude), body, policy.size, policy.ttl
                 )
             )
-        elif to_user is None:
-            publish = self.backend.publish(topic, tag + envelope)
-        else:
+        elif to_user is not None:
             publish = self.backend.publish_to_user(topic, to_user, tag + envelope)
+        elif to_connection is not None:
+            publish = self.backend.publish_personal(topic, to_connection, tag + envelope)
+        else:
+            publish = self.backend.publish(topic, tag + envelope)
         try:
             delivery = await self._backend_call(publish)
         except BaseError:

@@ -118,6 +118,13 @@ class BaseBackend(abc.ABC):
         live server; an inbox: its owner, if alive).
         """
 
+    async def publish_personal(self, topic: str, channel_name: str, payload: bytes) -> Delivery:
+        """`publish` to an inbox, for the one connection `channel_name`. A backend that knows
+        the connection is registered nowhere publishes nothing and answers Delivery(0, 0): it
+        closed, so a send to it reached nobody and nobody was owed it. This default cannot
+        tell and publishes."""
+        return await self.publish(topic, payload)
+
     @abc.abstractmethod
     async def publish_history(
         self, topic: str, group: str, outer: bytes, inner: bytes, body: str, size: int, ttl: int

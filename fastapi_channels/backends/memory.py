@@ -70,6 +70,11 @@ class MemoryBackend(BaseBackend):
                 logger.exception("subscriber of %s failed", topic)
         return Delivery(len(handlers), len(handlers))
 
+    async def publish_personal(self, topic: str, channel_name: str, payload: bytes) -> Delivery:
+        if channel_name not in self.hub.connections:
+            return Delivery(0, 0)
+        return await self.publish(topic, payload)
+
     async def publish_history(
         self, topic: str, group: str, outer: bytes, inner: bytes, body: str, size: int, ttl: int
     ) -> tuple[Delivery, int, str]:

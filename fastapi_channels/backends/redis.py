@@ -312,16 +312,19 @@ class RedisBackend(BaseBackend):
             self._client = None
 
     # --- topics --------------------------------------------------------------------------------
-    def publish_call(self, topic: str, payload: bytes, *, exact: bool) -> tuple[list[str], list[Any]]:
+    def publish_call(
+        self, topic: str, payload: bytes, *, exact: bool, connection: str = ""
+    ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of a send's `publish` call: in the topic's partition (an emitter's
         is the same, `redis_publish.publish_call` on the same layout)."""
         partition = self._partition_of(topic)
-        return publish_call(partition.keys, topic, payload, partition.state.epoch_args(), exact=exact)
+        epoch = partition.state.epoch_args()
+        return publish_call(partition.keys, topic, payload, epoch, exact=exact, connection=connection)
 
-    async def _publish(self, topic: str, payload: bytes, *, exact: bool) -> Delivery:
+    async def _publish(self, topic: str, payload: bytes, *, exact: bool, connection: str = "") -> Delivery:
         partition = self._partition_of(topic)
         state = partition.state
-        keys, args = self.publish_call(topic, payload, exact=exact)
+        keys, args = self.publish_call(topic, payload, exact=exact, connection=connection)
         answer = await state.script("publish")(keys=keys, args=args)
         delivery, epoch = delivery_of(answer)
         if state.learn_epoch(epoch):
@@ -330,6 +333,9 @@ class RedisBackend(BaseBackend):
 
     async def publish(self, topic: str, payload: bytes) -> Delivery:
         return await self._publish(topic, payload, exact=False)
+
+    async def publish_personal(self, topic: str, channel_name: str, payload: bytes) -> Delivery:
+        return await self._publish(topic, payload, exact=False, connection=channel_name)
 
     async def publish_history(
         self, topic: str, group: str, outer: bytes, inner: bytes, body: str, size: int, ttl: int

@@ -78,6 +78,9 @@ class RedisKeys:
         self.epoch = f"{prefix}epoch"
         self.layout = f"{prefix}partitions"
 
+    def conns_of(self, server_id: str) -> str:
+        return f"{self.prefix}srv:{server_id}:conns"
+
     def alive_of(self, server_id: str) -> str:
         return f"{self.prefix}alive:{server_id}"
 

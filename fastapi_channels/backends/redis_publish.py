@@ -49,17 +49,21 @@ def epoch_args(known: str, resync_window_ms: int) -> list[Any]:
 
 
 def publish_call(
-    keys: RedisKeys, topic: str, payload: bytes, epoch: Sequence[Any], *, exact: bool
+    keys: RedisKeys, topic: str, payload: bytes, epoch: Sequence[Any], *, exact: bool, connection: str = ""
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of publish.lua for one send of `payload` on `topic`.
 
     `exact` counts the audience's live connections too (a user send returns that count).
+    `connection`, on an inbox topic: the one connection the send is for; the script
+    publishes nothing when its owner has no such connection registered.
     """
     key, kind = audience(keys, topic)
-    return (
-        [keys.epoch, key, keys.servers],
-        [keys.channel(topic), payload, kind, keys.prefix, *epoch, "1" if exact else "0"],
-    )
+    call_keys = [keys.epoch, key, keys.servers]
+    args = [keys.channel(topic), payload, kind, keys.prefix, *epoch, "1" if exact else "0"]
+    if connection and kind == "owner":
+        call_keys.append(keys.conns_of(topic.partition(":")[2]))
+        args.append(connection)
+    return call_keys, args
 
 
 def publish_history_call(
