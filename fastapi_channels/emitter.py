@@ -256,8 +256,11 @@ class _Core:
             if short:
                 self.counters.delivery_shortfalls += 1
         if send.kind in ("control", "disconnect"):
-            if delivery.reached == 0 and send.kind == "control":
-                raise _not_found(send.channel, delivery, retryable=delivery.expected != 0)
+            # Nobody heard it. A disconnect of a gone server's connection is done (its
+            # connections went with it); otherwise the owner may be alive and deaf: an error.
+            gone = delivery.expected == 0
+            if delivery.reached == 0 and not (send.kind == "disconnect" and gone):
+                raise _not_found(send.channel, delivery, retryable=not gone)
             return delivery
         if short:
             logger.warning(
@@ -424,7 +427,8 @@ class Emitter:
     async def disconnect(
         self, connection_id: str, code: int = CloseCode.NORMAL_CLOSURE, reason: str = ""
     ) -> None:
-        """Ask the owning server to close a connection. Idempotent: a gone server is no error."""
+        """Ask the owning server to close a connection. Idempotent: a gone server is no error;
+        one alive that does not hear it is (ConnectionError CONNECTION_NOT_FOUND, retryable)."""
         if _owner(connection_id) is None:
             return
         command = _command("disconnect", connection_id, code=int(code), reason=reason)
@@ -545,7 +549,8 @@ class SyncEmitter:
         self._send(self._core.control(connection_id, _command("leave", connection_id, group=group)))
 
     def disconnect(self, connection_id: str, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Ask the owning server to close a connection. Idempotent: a gone server is no error."""
+        """Ask the owning server to close a connection. Idempotent: a gone server is no error;
+        one alive that does not hear it is (ConnectionError CONNECTION_NOT_FOUND, retryable)."""
         if _owner(connection_id) is None:
             return
         self._send(

@@ -603,7 +603,10 @@ class ConnectionManager:
     ) -> None:
         """Close a connection (on whichever server owns it), leaving all its groups. Idempotent.
 
-        For a connection on another server it returns once the owner has closed it.
+        For a connection on another server it returns once the owner has closed it, or at once
+        when that server is gone (its connections with it). An owner that is alive but not
+        listening raises ConnectionError(CONNECTION_NOT_FOUND, retryable): the connection may
+        still be open.
         """
         connection = self.registry.get(connection_id)
         if connection is not None:
@@ -622,10 +625,14 @@ class ConnectionManager:
             return
         owner = self._owner(connection_id)
         if owner is not None and owner != self.server_id:
-            with contextlib.suppress(ConnectionError):  # already gone: disconnect is idempotent
+            try:
                 await self._request(
                     owner, {"op": "disconnect", "channel": connection_id, "code": int(code), "reason": reason}
                 )
+            except ConnectionError as exc:
+                if exc.retryable:  # the owner is alive (or may be) and did not hear it
+                    raise
+                # The owner is gone, and its connections with it: disconnect is idempotent.
 
     async def _forget(self, connection: Connection) -> None:
         """Called once per connection when it has closed: drop it from every index and the cluster."""
