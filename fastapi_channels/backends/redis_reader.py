@@ -10,6 +10,13 @@ channels hash to, and speaks sharded pub/sub (SSUBSCRIBE, `smessage`). When that
 (a failover, a resharding), Redis ends the subscriptions with a `sunsubscribe` nobody asked
 for: the reader takes it as a lost connection and subscribes again wherever the slot is now.
 
+A connection lost without Redis noticing (a silent network cut: nothing closed on its
+side) would stay subscribed there until Redis's TCP keepalive gives up, minutes later, and
+every PUBLISH would count this server twice: a send that missed another server could pass
+for complete. So each new connection first ends the one before it, by the id and address
+Redis knows it by (`CLIENT KILL ID .. ADDR .. TYPE pubsub`: all three must match, so a
+restarted or promoted Redis, where the id means another client, is left alone).
+
 Not for cluster state or publishing: `redis_state` and the backend do that.
 """
 
@@ -22,6 +29,8 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING
+
+from redis.exceptions import ResponseError
 
 from fastapi_channels.backends.redis_keys import pubsub_channel
 from fastapi_channels.exceptions import BackendError
@@ -85,6 +94,8 @@ class PubSubReader:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._fences: dict[bytes, asyncio.Future[None]] = {}  # token -> its arrival
         self._pubsub: PubSub | None = None
+        self._identity: tuple[bytes, bytes] | None = None  # (id, addr) of the last connection, to Redis
+        self.stale_connections_ended = 0
         self._task: asyncio.Task[None] | None = None
         self._lost = False
         self._ever_ready = False
@@ -273,6 +284,7 @@ class PubSubReader:
         self._on_wire = dict.fromkeys(topics, True)
         self._unacked = dict.fromkeys(topics, 1)
         self._initial = set(channels)
+        await self._take_over(pubsub)
         if self.sharded:
             await pubsub.ssubscribe(*channels)
         else:
@@ -288,6 +300,31 @@ class PubSubReader:
             await self._send(topic, subscribe=True)
         for topic in [t for t, on in self._on_wire.items() if on and t not in self.wanted]:
             await self._send(topic, subscribe=False)
+
+    async def _take_over(self, pubsub: PubSub) -> None:
+        """On a new connection, before it subscribes: end the previous one if Redis still holds
+        it, and learn this one's id and address for the next time. A Redis that refuses CLIENT
+        (renamed by ACL or config) leaves only the keepalive to end a stale connection."""
+        await pubsub.connect()  # type: ignore[no-untyped-call]
+        connection = pubsub.connection
+        if connection is None:
+            return
+        stale, self._identity = self._identity, None
+        try:
+            if stale is not None:
+                await connection.send_command(
+                    "CLIENT", "KILL", "ID", stale[0], "ADDR", stale[1], "TYPE", "pubsub", "SKIPME", "yes"
+                )
+                if int(await connection.read_response()):
+                    self.stale_connections_ended += 1
+                    logger.warning(
+                        "ended this server's previous Redis pub/sub connection, which Redis still "
+                        "held (a silent network cut): it would have counted this server twice"
+                    )
+            await connection.send_command("CLIENT", "INFO")
+            self._identity = _identity(await connection.read_response())
+        except ResponseError as exc:
+            logger.debug("CLIENT KILL/INFO refused on the pub/sub connection: %s", exc)
 
     async def _dispatch(self, pubsub: PubSub) -> None:
         handler = self._on_message
@@ -386,3 +423,11 @@ class PubSubReader:
             self._pubsub = None
         with contextlib.suppress(Exception):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _identity(info: bytes | str) -> tuple[bytes, bytes] | None:
+    """The `id` and `addr` fields of a CLIENT INFO line (None when either is missing)."""
+    text = info if isinstance(info, bytes) else info.encode()
+    fields = dict(part.partition(b"=")[::2] for part in text.split())
+    client_id, addr = fields.get(b"id"), fields.get(b"addr")
+    return (client_id, addr) if client_id and addr else None
