@@ -50,7 +50,11 @@ class WSConfig(BaseSettings):
     the number of masters (each then holds one on an evenly sliced cluster). All servers and
     emitters must agree: a server started with another value is refused. Unused elsewhere."""
     REDIS_REGISTRY_EXPIRY: int = Field(default=30, ge=2)
-    REDIS_GROUP_EXPIRY: int = Field(default=86400, ge=1)
+    REDIS_GROUP_EXPIRY: int = Field(default=86400, ge=3)
+    """Seconds a group's state lives in Redis unless refreshed; each server refreshes its
+    groups every quarter of it (at its next keeper tick, and ticks come at least every third
+    of it). At least 3: a shorter life could end between two refreshes, and a group with
+    members would vanish from Redis (its sends then owed to nobody)."""
 
     # Heartbeat
     WS_ENABLE_HEARTBEAT: bool = True

@@ -84,11 +84,12 @@ class RedisBackend(BaseBackend):
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_delay = reconnect_delay
         self.resync_window = resync_window
-        # The keeper's period: liveness refresh, reaping and the deafness probe.
+        # The keeper's period: liveness and group refresh, reaping and the deafness probe (a
+        # third of either life at most, so each is refreshed twice or more before it ends).
         self.tick = (
             self_check_interval
             if self_check_interval is not None
-            else max(0.5, min(2.0, registry_expiry / 3))
+            else max(0.5, min(2.0, registry_expiry / 3, group_expiry / 3))
         )
         self.server_id = ""
         self._client: Redis | None = None

@@ -146,6 +146,7 @@ BAD_VALUES = [
     ("REDIS_REGISTRY_EXPIRY", "1"),
     ("REDIS_REGISTRY_EXPIRY", "soon"),
     ("REDIS_GROUP_EXPIRY", "0"),
+    ("REDIS_GROUP_EXPIRY", "2"),  # could end between two refreshes (at least 3)
     ("WS_HEARTBEAT_INTERVAL", "0"),
     ("WS_HEARTBEAT_INTERVAL", "often"),
     ("WS_HEARTBEAT_TIMEOUT", "-1"),

@@ -1,0 +1,49 @@
+"""A group with members outlives REDIS_GROUP_EXPIRY, however short it is set.
+
+A group's state in Redis (which servers have members, so what a send to it is owed) lives
+REDIS_GROUP_EXPIRY seconds unless refreshed. The refresh ran at keeper ticks of 2 s, so an
+expiry of 1-2 s could end between two refreshes: the group vanished from Redis with members
+in it, and strict sends that missed their server passed for complete (found by a black-box
+review, 2026-12-02: 10 of 10 such sends acknowledged and lost). Now the expiry is at least 3,
+ticks come every third of it at most, and the refresh is due every quarter of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from fastapi_channels import ConnectionManager
+from fastapi_channels.backends.redis import RedisBackend
+from fastapi_channels.testing import Communicator, LocalCluster
+from tests.support.redis_server import RedisProcess
+
+
+def _app(manager: ConnectionManager) -> FastAPI:
+    app = FastAPI()
+
+    @app.websocket("/ws/{user_id}")
+    async def endpoint(websocket: WebSocket, user_id: str) -> None:
+        connection = await manager.connect(websocket, user_id=user_id)
+        await manager.join_group(connection.channel_name, "room")
+        await manager.send_personal(connection.channel_name, {"type": "joined"})
+        try:
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            await manager.disconnect(connection.channel_name)
+
+    return app
+
+
+async def test_a_group_with_members_outlives_the_shortest_group_expiry(redis_server: RedisProcess) -> None:
+    async with LocalCluster(1, redis_url=redis_server.url, app_factory=_app, REDIS_GROUP_EXPIRY=3) as cluster:
+        (manager,) = cluster.managers
+        backend = manager.backend
+        assert isinstance(backend, RedisBackend) and backend.tick == 1.0
+        async with Communicator(cluster.apps[0], "/ws/member") as member:
+            assert await member.receive_json_from(5) == {"type": "joined"}
+            for _ in range(7):  # 7 s: the expiry (3 s) passes twice over
+                await asyncio.sleep(1)
+                assert await manager.group_size("room") == 1
