@@ -61,9 +61,9 @@ ERROR_CODES: dict[str, str] = {
     "MISSING_MESSAGE_TYPE": "no `type` string",
     "INVALID_MESSAGE_TYPE": "`type` is not 1-64 of letters, digits, `_ . : -` starting with a letter",
     "UNKNOWN_MESSAGE_TYPE": "`type` is not one of the client message types above (binary frames too)",
-    "MESSAGE_TOO_LARGE": "the frame is larger than `WS_MAX_MESSAGE_SIZE`, on a server that let it "
-    "through; under `fastapi-channels run` (the demo) the server refuses such a frame itself and "
-    "closes the connection with 1009 before the app sees it",
+    "MESSAGE_TOO_LARGE": "the frame is larger than `WS_MAX_MESSAGE_SIZE`, on a server whose own "
+    "limit is higher (`details.size`, `details.max_message_size`); under `fastapi-channels run` "
+    "(the demo) the server refuses such a frame itself and closes the connection with 1009",
     "INVALID_MESSAGE_DATA": "`data` does not match the type's model (`details.field`, `details.errors`)",
     "RATE_LIMIT_EXCEEDED": "too many messages (see Rate limit); `details.retry_after` seconds",
     "ROOM_NOT_FOUND": "`get_room_users`, `get_message_history` of a room that does not exist",

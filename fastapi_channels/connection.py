@@ -145,6 +145,7 @@ class Connection:
         "_fast",
         "_flush_scheduled",
         "_handoff",
+        "_inbound",
         "_max_bytes",
         "_max_messages",
         "_on_closed",
@@ -187,6 +188,7 @@ class Connection:
         max_bytes: int = 4 * 1024 * 1024,
         policy: OverflowPolicy = "close",
         close_timeout: float = 5.0,
+        inbound: InboundLimit | None = None,
     ) -> None:
         self.websocket = websocket
         self.channel_name = channel_name
@@ -208,6 +210,7 @@ class Connection:
         self._on_closed = on_closed
         self._max_messages = max_messages
         self._max_bytes = max_bytes
+        self._inbound = inbound if inbound is not None else NO_INBOUND_LIMIT
         self._policy: OverflowPolicy = policy
         self._close_timeout = close_timeout
         # A list, not a deque: an idle connection's empty list costs 56 bytes, a deque over a
@@ -278,9 +281,10 @@ class Connection:
         self.websocket._receive = self._receive_watched
 
     async def _receive_watched(self) -> ASGIMessage:
-        message = await self._original_receive()
-        kind = message["type"]
-        if kind == "websocket.receive":
+        while True:
+            message = await self._original_receive()
+            if message["type"] != "websocket.receive":
+                return self._received_other(message)
             self.last_seen = time.monotonic()
             payload = message.get("text")
             if payload is None:
@@ -289,7 +293,19 @@ class Connection:
             self.bytes_received += len(payload)
             self._counters.messages_received += 1
             self._counters.bytes_received += len(payload)
-        elif kind == "websocket.disconnect":
+            inbound = self._inbound
+            if len(payload) <= inbound.limit >> 2:  # within the limit whatever its encoding
+                return message
+            size = _wire_size(payload)
+            if size <= inbound.limit:
+                return message
+            # Over WS_MAX_MESSAGE_SIZE, let through by a server whose own limit is higher: the
+            # app never reads it, the client is told, and the next message is read.
+            inbound.refuse(self, size)
+
+    def _received_other(self, message: ASGIMessage) -> ASGIMessage:
+        kind = message["type"]
+        if kind == "websocket.disconnect":
             self._peer_gone = True
             code = message.get("code")
             self.close(code if isinstance(code, int) and code != 1006 else CloseCode.NORMAL_CLOSURE)
@@ -675,3 +691,25 @@ class Connection:
             logger.debug("close frame to %s not sent: %r", self.channel_name, exc)
             return False
         return True
+
+
+class InboundLimit:
+    """WS_MAX_MESSAGE_SIZE where every client message passes (`Connection._receive_watched`),
+    and what to do with one over it: one object per manager, shared by its connections."""
+
+    __slots__ = ("limit", "refuse")
+
+    def __init__(self, limit: int, refuse: Callable[[Connection, int], object]) -> None:
+        self.limit = limit
+        self.refuse = refuse
+
+
+NO_INBOUND_LIMIT = InboundLimit(2**62, lambda _connection, _size: None)
+"""For connections made without a manager's limit (tests of the connection alone)."""
+
+
+def _wire_size(payload: str | bytes) -> int:
+    """A message's size on the wire, as WS_MAX_MESSAGE_SIZE counts it: UTF-8 bytes for text."""
+    if isinstance(payload, str) and not payload.isascii():
+        return len(payload.encode("utf-8", "surrogatepass"))
+    return len(payload)

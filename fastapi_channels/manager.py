@@ -27,7 +27,7 @@ from fastapi_channels import routing
 from fastapi_channels.backends.base import Admission, BaseBackend, Delivery
 from fastapi_channels.backends.memory import MemoryBackend
 from fastapi_channels.config import WSConfig
-from fastapi_channels.connection import Connection, WriteCoalescer
+from fastapi_channels.connection import Connection, InboundLimit, WriteCoalescer
 from fastapi_channels.control import RemoteCalls, reply_for
 from fastapi_channels.exceptions import (
     AuthorizationError,
@@ -163,6 +163,7 @@ class ConnectionManager:
         self._fast_channels: set[str] = set()  # local connections on the fast path
         self.authorize_join = authorize_join
         self._coalescer = WriteCoalescer(self.counters.outbound_wait)
+        self._inbound = InboundLimit(self.config.WS_MAX_MESSAGE_SIZE, self._refuse_oversized)
         self._calls = RemoteCalls()
         self._echoes = EchoBarrier()
         self._ordered = not self.backend.delivers_synchronously
@@ -492,6 +493,7 @@ class ConnectionManager:
             max_bytes=config.WS_OUTBOUND_QUEUE_BYTES,
             policy=config.WS_SLOW_CONSUMER_POLICY,
             close_timeout=config.WS_CLOSE_TIMEOUT,
+            inbound=self._inbound,
         )
         try:
             if websocket.application_state is WebSocketState.CONNECTING:
@@ -893,6 +895,21 @@ class ConnectionManager:
 
         if self._echoes.defer(release):
             await passed
+
+    def _refuse_oversized(self, connection: Connection, size: int) -> None:
+        """A client message over WS_MAX_MESSAGE_SIZE that the server let through: the app never
+        reads it; the client gets MESSAGE_TOO_LARGE, as from `ValidationMiddleware`."""
+        limit = self.config.WS_MAX_MESSAGE_SIZE
+        error = ValidationError(
+            f"message of {size} bytes exceeds the limit of {limit}",
+            error_code="MESSAGE_TOO_LARGE",
+            ws_code=CloseCode.MESSAGE_TOO_BIG,
+            details={"size": size, "max_message_size": limit},
+            connection_id=connection.channel_name,
+            user_id=connection.user_id,
+            component="manager",
+        )
+        self.send_local(connection, self.encode(error.to_response().to_dict()))
 
     def send_local(self, connection: Connection, frame: str | bytes) -> bool:
         """Queue an encoded frame on a local connection, after this server's cluster sends

@@ -116,6 +116,42 @@ async def test_without_a_configured_max_size_uvicorns_default_refuses_with_1009(
         await eventually(lambda: len(manager.registry) == 1, what="cleanup")
 
 
+async def test_a_message_over_ws_max_message_size_never_reaches_the_app_whatever_the_servers_limit(
+    start_server: StartServer, ws: str
+) -> None:
+    """WS_MAX_MESSAGE_SIZE is the largest message accepted even where the server's own limit
+    is higher (here uvicorn's default, 16 MiB): the app never reads a larger one, the client
+    gets MESSAGE_TOO_LARGE (as from ValidationMiddleware) and its connection goes on. Size is
+    counted on the wire: UTF-8 bytes for text."""
+    limit = 1000
+    async with start_server(ws=ws, WS_MAX_MESSAGE_SIZE=limit) as (server, manager):
+        client = await Client.open(server, "client")
+        envelope = '{"op": "echo", "data": ""}'
+        exactly = envelope.replace('""', '"' + "y" * (limit - len(envelope)) + '"')
+        assert len(exactly.encode()) == limit
+        await client.send_raw(exactly)
+        assert (await client.next())["type"] == "echo"  # at the limit: accepted
+
+        too_long: list[str | bytes] = [
+            envelope.replace('""', '"' + "x" * (limit - len(envelope) + 1) + '"'),  # one byte over
+            envelope.replace('""', '"' + "é" * (limit // 2) + '"'),  # fewer characters, more bytes
+            b"\x00" * (limit + 1),  # binary
+        ]
+        for frame in too_long:
+            await client.send_raw(frame)
+            error = await client.next()
+            size = len(frame.encode() if isinstance(frame, str) else frame)
+            assert (error["type"], error["error_code"], error["details"]) == (
+                "error",
+                "MESSAGE_TOO_LARGE",
+                {"size": size, "max_message_size": limit},
+            )
+            # Nothing else came of it: the next reply is the marker's.
+            assert await client.echo_marker("after") == {"type": "echo", "data": "after"}
+        assert len(manager.registry) == 1
+        assert manager.get_stats()["messages_received"] >= 5
+
+
 async def test_invalid_utf8_in_a_text_frame_is_refused_with_1007(start_server: StartServer, ws: str) -> None:
     async with start_server(ws=ws) as (server, manager):
         healthy = await Client.open(server, "healthy")
