@@ -245,28 +245,40 @@ class HistoryGroups:
         if not read.recovers(*since):
             self._finish_hold(connection, group, None)
             return JoinResult(False, 0, read.epoch, read.offset)
-        replayed = [entry.frame for entry in read.entries]
+        frames = [entry.frame for entry in read.entries]
+        dropped_before = connection.messages_dropped
+        queued, settled = await self._paced(connection, frames)
+        self.counters.history_replayed += queued
+        if settled < len(frames) or connection.messages_dropped > dropped_before:
+            # Cut short (the client stopped reading and was closed, or its policy refused or
+            # dropped a frame meanwhile): the frames never queued nor counted are counted as
+            # dropped now, and the join says not recovered (the client resyncs).
+            connection.count_dropped(len(frames) - settled)
+            self._finish_hold(connection, group, read.entries[queued - 1].offset if queued else since[1])
+            return JoinResult(False, queued, read.epoch, read.offset)
         last = read.entries[-1].offset if read.entries else since[1]
-        await self._paced(connection, replayed)
         # No await from here on: the hand-over to live frames is one step.
         self._finish_hold(connection, group, last)
-        self.counters.history_replayed += len(replayed)
-        return JoinResult(True, len(replayed), read.epoch, max(read.offset, last))
+        return JoinResult(True, queued, read.epoch, max(read.offset, last))
 
-    async def _paced(self, connection: Connection, frames: list[str]) -> None:
+    async def _paced(self, connection: Connection, frames: list[str]) -> tuple[int, int]:
         """Enqueue a replay without overflowing the connection's buffer: past half of either
         bound it waits for the client to read, as live traffic would. A client that stops
         reading for WS_CLOSE_TIMEOUT is closed as a slow consumer (1013), never left with
-        half a replay: it reconnects and asks again."""
+        half a replay: it reconnects and asks again. Returns how many frames were queued and
+        how many were settled: queued, or refused by the connection (which counted it as
+        dropped); all of them unless the connection closed or refused one."""
         room = max(1, connection.max_messages // 2)
         byte_room = max(1, connection.max_bytes // 2)
-        for frame in frames:
+        for queued, frame in enumerate(frames):
             if not await connection.wait_for_room(room, byte_room - len(frame), connection.close_timeout):
                 if connection.is_open:
                     self.counters.slow_consumer_closes += 1
                     connection.close(CloseCode.TRY_AGAIN_LATER, "slow consumer", flush=False)
-                return
-            connection.enqueue(frame)
+                return queued, queued
+            if not connection.enqueue(frame):
+                return queued, queued + 1  # refused (closing, or by its policy): counted there
+        return len(frames), len(frames)
 
     def _finish_hold(self, connection: Connection, group: str, last: int | None) -> None:
         """End the hold: send what was held after `last` (everything when None), and keep

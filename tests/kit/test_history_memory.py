@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from fastapi_channels import ConnectionManager, WSConfig
 from fastapi_channels.backends import MemoryBackend, MemoryHub
 from fastapi_channels.backends.memory_history import HistoryStore
+from fastapi_channels.connection import ConnectionState
 from fastapi_channels.exceptions import ValidationError
 from fastapi_channels.history import HistoryRead
 from fastapi_channels.testing import ServerHandle, serve
@@ -948,6 +949,38 @@ async def test_a_replay_to_a_client_that_pauses_is_complete_or_the_client_is_tol
         if member.closed is None:
             assert joined["result"]["recovered"], joined
             assert_contiguous(member.offsets(), 1, 406, f"member (still open, told {joined['result']})")
+
+
+async def test_a_replay_cut_short_by_a_slow_consumer_close_is_not_recovered_and_is_counted() -> None:
+    """A client that stops reading during its replay is closed (1013): the join must then say
+    `recovered: false` with the frames it queued, and every replay frame must be either sent
+    or counted as dropped. Before: `recovered: true, replayed: 400` and the frames never
+    queued counted nowhere (found by a black-box review, 2026-12-02)."""
+    async with memory_servers(
+        1, WS_OUTBOUND_QUEUE_MESSAGES=64, WS_CLOSE_TIMEOUT=0.5, WS_OUTBOUND_QUEUE_BYTES=64 * 2**20
+    ) as (server,):
+        publisher = await Peer.open(server.ws_url, "publisher")
+        member = await open_slow_peer(server.ws_url, server.handle.port, "member")
+        await member.join("room.cut")
+        await publish(publisher, "room.cut", 1)
+        await member.until_offset(1)
+        await member.leave("room.cut")
+        await publish(publisher, "room.cut", 400, start=1, window=16, padding="x" * 16384)
+        manager = server.manager
+        connection = manager.get_connection(member.channel_name)
+        assert connection is not None
+        settled = connection.messages_sent + connection.messages_dropped
+        replayed = manager.counters.history_replayed
+        member.pause()
+
+        result = await manager.join_group(member.channel_name, "room.cut", since=member.position())
+
+        assert connection.close_code == 1013
+        assert not result.recovered and result.replayed < 400, result
+        assert manager.counters.history_replayed - replayed == result.replayed
+        await eventually(lambda: connection.state is ConnectionState.CLOSED, WAIT, "the close")
+        assert connection.messages_sent + connection.messages_dropped - settled == 400
+        member.resume()
 
 
 async def test_live_messages_sent_during_a_long_replay_are_not_lost() -> None:
