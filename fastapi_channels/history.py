@@ -119,7 +119,8 @@ def split_positioned_body(frame: str | bytes, group: str) -> str:
     if isinstance(frame, bytes):
         raise ValidationError(
             f"group {group!r} keeps history: send a JSON object (dict, Message or model), not text "
-            "or bytes (or send with history=False)",
+            "or bytes (or send with history=False); history is JSON, so a serializer that makes "
+            "bytes (WS_SERIALIZER=pickle) cannot be used with it",
             error_code="HISTORY_NEEDS_OBJECT",
             details={"group": group},
         )
