@@ -684,6 +684,10 @@ class Connection:
             self.state = ConnectionState.CLOSED
 
     async def _send_close(self, code: int, reason: str) -> bool:
+        if not sendable_close_code(code):
+            # 1005, 1006, 1015 and the unassigned codes cannot be put in a close frame: a close
+            # asked for with one ends normally instead of with no close frame at all.
+            code, reason = CloseCode.NORMAL_CLOSURE, ""
         try:
             await asyncio.wait_for(self.websocket.close(code, reason[:120]), self._close_timeout)
         except Exception as exc:
@@ -691,6 +695,12 @@ class Connection:
             logger.debug("close frame to %s not sent: %r", self.channel_name, exc)
             return False
         return True
+
+
+def sendable_close_code(code: int) -> bool:
+    """Whether a close frame may carry `code` (RFC 6455 7.4: not 1004-1006 or 1015, nothing
+    below 1000, 1016-2999 unassigned, 3000-4999 for libraries and apps)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 class InboundLimit:

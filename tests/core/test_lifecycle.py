@@ -230,3 +230,16 @@ async def test_get_manager_before_any_manager_exists_is_a_clear_error(
     # The first manager created from then on is the one get_manager() returns.
     async with start_server() as (_, first), start_server() as (_, second):
         assert get_manager() is first and first is not second
+
+
+@pytest.mark.parametrize("code", [1005, 1006, 1015, 999, 1004, 2000, 5000])
+async def test_a_disconnect_with_a_code_no_close_frame_can_carry_closes_with_1000(
+    start_server: StartServer, ws: str, code: int
+) -> None:
+    """README: 1005, 1006 and 1015 are reserved and never sent. Asked for anyway (or any code
+    outside what a close frame carries), the client used to get no close frame at all."""
+    async with start_server(ws=ws) as (server, manager):
+        client = await Client.open(server, "kicked")
+        await manager.disconnect(client.channel_name, code, "bye")
+        assert (await client.wait_closed())[0] == 1000
+        await eventually(lambda: manager.get_connection(client.channel_name) is None, what="cleanup")
