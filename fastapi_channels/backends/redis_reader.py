@@ -13,9 +13,9 @@ for: the reader takes it as a lost connection and subscribes again wherever the 
 A connection lost without Redis noticing (a silent network cut: nothing closed on its
 side) would stay subscribed there until Redis's TCP keepalive gives up, minutes later, and
 every PUBLISH would count this server twice: a send that missed another server could pass
-for complete. So each new connection first ends the one before it, by the id and address
-Redis knows it by (`CLIENT KILL ID .. ADDR .. TYPE pubsub`: all three must match, so a
-restarted or promoted Redis, where the id means another client, is left alone).
+for complete. So each new connection first ends the ones before it, by the id and address
+Redis knows them by (`CLIENT KILL ID .. ADDR .. TYPE pubsub`), and only on the Redis they
+were made to (its `run_id`): after a restart or a promotion the same id is another client.
 
 Not for cluster state or publishing: `redis_state` and the backend do that.
 """
@@ -26,9 +26,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
@@ -48,6 +49,10 @@ microseconds, and every pause is time in which this server hears nothing."""
 
 MAX_WAITERS_PER_TOPIC = 10_000
 """Callers waiting for one topic's confirmation; past it `subscribe` fails at once."""
+
+MAX_STALE = 16
+"""Earlier pub/sub connections remembered for a kill (see `PubSubReader._take_over`): more
+than one only when take-overs keep failing; past it the oldest is left to Redis's keepalive."""
 
 MAX_FENCES = 10_000
 """Fences (see `PubSubReader.expect_fence`) waiting at once; past it a fence is not set up and
@@ -94,7 +99,11 @@ class PubSubReader:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._fences: dict[bytes, asyncio.Future[None]] = {}  # token -> its arrival
         self._pubsub: PubSub | None = None
-        self._identity: tuple[bytes, bytes] | None = None  # (id, addr) of the last connection, to Redis
+        # Who the current pub/sub connection is to Redis (run_id, client id, addr), and earlier
+        # ones Redis may still hold (a silent cut): see `_take_over`. Bounded: MAX_STALE.
+        self._current: tuple[bytes, bytes, bytes] | None = None
+        self._stale: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=MAX_STALE)
+        self._refusal_told = False
         self.stale_connections_ended = 0
         self._task: asyncio.Task[None] | None = None
         self._lost = False
@@ -302,29 +311,71 @@ class PubSubReader:
             await self._send(topic, subscribe=False)
 
     async def _take_over(self, pubsub: PubSub) -> None:
-        """On a new connection, before it subscribes: end the previous one if Redis still holds
-        it, and learn this one's id and address for the next time. A Redis that refuses CLIENT
-        (renamed by ACL or config) leaves only the keepalive to end a stale connection."""
+        """On a new connection, before it subscribes: end the earlier ones Redis may still hold,
+        and learn who this one is to Redis for the next time.
+
+        An earlier connection is forgotten only once Redis answered its kill (or refused it),
+        so a take-over cut short by another failure is tried again on the next connection.
+        A kill goes only to the Redis that connection was made to (same `run_id`): client ids
+        start again at 1 after a restart, and on a unix socket every client has one address.
+        """
         await pubsub.connect()  # type: ignore[no-untyped-call]
         connection = pubsub.connection
         if connection is None:
             return
-        stale, self._identity = self._identity, None
-        try:
-            if stale is not None:
-                await connection.send_command(
-                    "CLIENT", "KILL", "ID", stale[0], "ADDR", stale[1], "TYPE", "pubsub", "SKIPME", "yes"
+        if self._current is not None:
+            self._stale.append(self._current)  # the connection this one replaces
+            self._current = None
+        run_id = await self._ask(connection, "INFO", "server")
+        server = _field(run_id, b"run_id") if run_id is not None else None
+        for stale in list(self._stale):
+            if stale[0] != server:
+                self._stale.remove(stale)  # made to another Redis (restarted, promoted): not here
+                continue
+            answer = await self._ask(
+                connection,
+                "CLIENT",
+                "KILL",
+                "ID",
+                stale[1],
+                "ADDR",
+                stale[2],
+                "TYPE",
+                "pubsub",
+                "SKIPME",
+                "yes",
+            )
+            self._stale.remove(stale)
+            if answer:
+                self.stale_connections_ended += 1
+                logger.warning(
+                    "ended this server's earlier Redis pub/sub connection, which Redis still held "
+                    "(a silent network cut): it would have counted this server twice"
                 )
-                if int(await connection.read_response()):
-                    self.stale_connections_ended += 1
-                    logger.warning(
-                        "ended this server's previous Redis pub/sub connection, which Redis still "
-                        "held (a silent network cut): it would have counted this server twice"
-                    )
-            await connection.send_command("CLIENT", "INFO")
-            self._identity = _identity(await connection.read_response())
+        info = await self._ask(connection, "CLIENT", "INFO")
+        if server is not None and info is not None:
+            client_id, addr = _field(info, b"id"), _field(info, b"addr")
+            if client_id and addr:
+                self._current = (server, client_id, addr)
+
+    async def _ask(self, connection: Any, *command: Any) -> Any:
+        """One command on the not yet subscribed connection; None when Redis refused it (an
+        ACL without it, a renamed command): then only Redis's TCP keepalive ends a stale
+        connection, which is said once, as a warning."""
+        await connection.send_command(*command)
+        try:
+            return await connection.read_response()
         except ResponseError as exc:
-            logger.debug("CLIENT KILL/INFO refused on the pub/sub connection: %s", exc)
+            if not self._refusal_told:
+                self._refusal_told = True
+                logger.warning(
+                    "Redis refused %s on the pub/sub connection (%s): a connection lost without Redis "
+                    "noticing may count this server twice until Redis's keepalive ends it; allow the "
+                    "library's user INFO, CLIENT INFO and CLIENT KILL",
+                    " ".join(str(part) for part in command[:2]),
+                    exc,
+                )
+            return None
 
     async def _dispatch(self, pubsub: PubSub) -> None:
         handler = self._on_message
@@ -425,9 +476,11 @@ class PubSubReader:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-def _identity(info: bytes | str) -> tuple[bytes, bytes] | None:
-    """The `id` and `addr` fields of a CLIENT INFO line (None when either is missing)."""
-    text = info if isinstance(info, bytes) else info.encode()
-    fields = dict(part.partition(b"=")[::2] for part in text.split())
-    client_id, addr = fields.get(b"id"), fields.get(b"addr")
-    return (client_id, addr) if client_id and addr else None
+def _field(text: bytes | str, name: bytes) -> bytes | None:
+    """A field of a CLIENT INFO line (`id=7 addr=...`) or an INFO section (`run_id:...`)."""
+    raw = text if isinstance(text, bytes) else text.encode()
+    for part in raw.split():
+        key, sep, value = part.partition(b"=" if b"=" in part else b":")
+        if sep and key == name:
+            return value
+    return None

@@ -127,3 +127,61 @@ async def test_a_strict_send_that_missed_a_server_is_still_told_after_another_on
             with pytest.raises(DeliveryError) as raised:
                 await emitter.broadcast({"type": "everyone"})
             assert (raised.value.details["reached"], raised.value.details["expected"]) == (1, 2)
+
+
+async def test_a_take_over_cut_short_is_tried_again_on_the_next_connection(
+    redis_server: RedisProcess, redis_prefix: str, silent_cut: SilentCut
+) -> None:
+    """The first kill fails on the wire (the new connection breaks too): the earlier
+    connection is not forgotten, and the connection after that ends it."""
+    backend = RedisBackend(redis_server.url, prefix=redis_prefix)
+    await backend.start("cut-retry", lambda _topic, _payload: None)
+    try:
+        await backend.subscribe("group:x")
+        reader = backend.reader
+        assert reader is not None
+        ask = reader._ask
+        failed: list[str] = []
+
+        async def ask_failing_once(connection: Any, *command: Any) -> Any:
+            if command[:2] == ("CLIENT", "KILL") and not failed:
+                failed.append("kill")
+                raise ConnectionError("the new connection broke as well")
+            return await ask(connection, *command)
+
+        reader._ask = ask_failing_once  # type: ignore[method-assign]
+        await silent_cut.cut(reader)
+        assert failed == ["kill"]
+        assert await _subscribers(redis_server.url, f"{redis_prefix}group:x") == 1
+        assert reader.stale_connections_ended == 1
+    finally:
+        await backend.stop()
+
+
+async def test_an_earlier_connection_of_another_redis_is_never_killed(
+    redis_server: RedisProcess, redis_prefix: str
+) -> None:
+    """Client ids start again at 1 when Redis restarts (and on a unix socket every client has
+    one address): a remembered connection whose Redis had another run_id is not killed, even
+    when its id and address now name a live client."""
+    backend = RedisBackend(redis_server.url, prefix=redis_prefix)
+    bystander = aioredis.Redis.from_url(redis_server.url)
+    pubsub = bystander.pubsub()
+    await pubsub.subscribe(f"{redis_prefix}group:x")
+    await backend.start("cut-other", lambda _topic, _payload: None)
+    try:
+        await backend.subscribe("group:x")
+        reader = backend.reader
+        assert reader is not None and pubsub.connection is not None
+        await pubsub.connection.send_command("CLIENT", "INFO")
+        info = (await pubsub.connection.read_response()).split()
+        fields = dict(part.split(b"=", 1) for part in info if b"=" in part)
+        reader._stale.append((b"0" * 40, fields[b"id"], fields[b"addr"]))  # as if from another Redis
+        reader.reconnect(ConnectionError("a reconnect"))
+        await eventually(lambda: reader.state is ReaderState.READY)
+        assert await _subscribers(redis_server.url, f"{redis_prefix}group:x") == 2  # the bystander lives
+        assert reader.stale_connections_ended == 0
+    finally:
+        await backend.stop()
+        await pubsub.aclose()
+        await bystander.aclose()
