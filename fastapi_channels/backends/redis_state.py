@@ -421,11 +421,31 @@ class ClusterState:
             self._last_group_refresh = now
 
     async def refresh_groups(self) -> None:
+        """Push back the expiry of every group this server has members in. A group that had
+        expired already (the keeper was late: a stalled loop, a slow Redis) gets this server's
+        memberships written back, or its sends would be owed to nobody here."""
         groups = sorted({key_part(group) for group, _ in self.memberships})
         script = self._scripts["refresh_groups"]
+        gone: set[str] = set()
         for start in range(0, len(groups), _REFRESH_CHUNK):
             chunk = groups[start : start + _REFRESH_CHUNK]
-            await script(keys=[self.keys.groups], args=[self.keys.prefix, self.group_expiry, *chunk])
+            answer = await script(keys=[self.keys.groups], args=[self.keys.prefix, self.group_expiry, *chunk])
+            gone.update(_text(part) for part in answer)
+        if not gone:
+            return
+        memberships = [(group, channel) for group, channel in self.memberships if key_part(group) in gone]
+        logger.warning(
+            "%d groups expired in Redis with members here (the refresh came late): writing %d "
+            "memberships back",
+            len(gone),
+            len(memberships),
+        )
+        for start in range(0, len(memberships), _REASSERT_CHUNK):
+            # Held already: written back whatever MAX_TOTAL_GROUPS says, as after a loss.
+            batch = memberships[start : start + _REASSERT_CHUNK]
+            await self._batch(
+                "group_add", [self._group_add_call(group, channel, 2**31) for group, channel in batch]
+            )
 
     async def retire(self) -> None:
         """Leave nothing behind: mark this server dead now and reap its entries."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from fastapi_channels import ConnectionManager
 from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.testing import Communicator, LocalCluster
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisProcess
 
 
@@ -47,3 +49,24 @@ async def test_a_group_with_members_outlives_the_shortest_group_expiry(redis_ser
             for _ in range(7):  # 7 s: the expiry (3 s) passes twice over
                 await asyncio.sleep(1)
                 assert await manager.group_size("room") == 1
+
+
+async def test_a_group_that_expired_with_members_is_written_back(redis_server: RedisProcess) -> None:
+    """A keeper tick late past the expiry (a stalled loop, a slow Redis) used to lose the group
+    for good: the refresh only extended keys that still existed. Made here by deleting the
+    group's keys, as the expiry would."""
+    async with LocalCluster(1, redis_url=redis_server.url, app_factory=_app, REDIS_GROUP_EXPIRY=3) as cluster:
+        (manager,) = cluster.managers
+        async with Communicator(cluster.apps[0], "/ws/member") as member:
+            assert await member.receive_json_from(5) == {"type": "joined"}
+            client = aioredis.Redis.from_url(redis_server.url)
+            try:
+                assert await client.delete(f"{cluster.prefix}group:room", f"{cluster.prefix}gsrv:room") == 2
+            finally:
+                await client.aclose()
+            assert await manager.group_size("room") == 0
+            await eventually(lambda: _size_is(manager, 1), what="the membership written back")
+
+
+async def _size_is(manager: ConnectionManager, size: int) -> bool:
+    return await manager.group_size("room") == size
