@@ -689,12 +689,18 @@ class Connection:
             # asked for with one ends normally instead of with no close frame at all.
             code, reason = CloseCode.NORMAL_CLOSURE, ""
         try:
-            await asyncio.wait_for(self.websocket.close(code, reason[:120]), self._close_timeout)
+            await asyncio.wait_for(self.websocket.close(code, close_reason(reason)), self._close_timeout)
         except Exception as exc:
             # The peer is gone or not reading: nothing more can be said to it over ASGI.
             logger.debug("close frame to %s not sent: %r", self.channel_name, exc)
             return False
         return True
+
+
+def close_reason(reason: str) -> str:
+    """`reason` cut to what a close frame carries: 123 bytes of UTF-8, whole characters only
+    (cut by characters, 120 of `é` are 240 bytes and the frame cannot be sent at all)."""
+    return reason.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")  # a lone surrogate: '?'
 
 
 def sendable_close_code(code: int) -> bool:

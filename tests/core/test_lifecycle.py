@@ -243,3 +243,18 @@ async def test_a_disconnect_with_a_code_no_close_frame_can_carry_closes_with_100
         await manager.disconnect(client.channel_name, code, "bye")
         assert (await client.wait_closed())[0] == 1000
         await eventually(lambda: manager.get_connection(client.channel_name) is None, what="cleanup")
+
+
+@pytest.mark.parametrize("reason", ["é" * 120, "x" * 500, "🙂" * 40, "a\udcffb"])
+async def test_a_long_or_odd_close_reason_is_cut_to_fit_and_the_close_frame_goes_out(
+    start_server: StartServer, ws: str, reason: str
+) -> None:
+    """A close frame carries 123 bytes of reason: cut by characters, a reason of 120 `é` was
+    240 bytes and the close could not be sent at all (the client saw 1006)."""
+    async with start_server(ws=ws) as (server, manager):
+        client = await Client.open(server, "kicked")
+        await manager.disconnect(client.channel_name, 4321, reason)
+        code, received = await client.wait_closed()
+        assert code == 4321
+        assert received is not None and len(received.encode()) <= 123
+        assert reason.startswith(received) or "\udcff" in reason
