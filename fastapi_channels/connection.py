@@ -11,7 +11,6 @@ Not for routing or indexes: that is the manager's and the registry's work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -649,17 +648,27 @@ class Connection:
         self.close(CloseCode.INTERNAL_ERROR, flush=False)
 
     async def _finish(self, code: int, reason: str, flush: bool) -> None:
+        """Close hook, unregister, flush, close frame: each stage bounded by WS_CLOSE_TIMEOUT.
+
+        Cancelled (`stop_tasks` gave up waiting for it), it cuts short the stage it is in and
+        skips the waits left (the hook, the flush) but still unregisters and sends the close
+        frame: a connection is never left registered, open and half closed. The task then ends
+        normally, so whoever waits for the close is not cancelled in turn."""
         hook = self._close_hook
         if hook is not None:
             self._close_hook = None
             try:
                 await asyncio.wait_for(hook(code), self._close_timeout)
+            except asyncio.CancelledError:
+                flush = _cut_short()
             except Exception:
                 logger.exception("close hook of %s failed", self.channel_name)
         # Unregister next: the user's slot and the group memberships are released at once,
         # whatever the socket does next (a client that never reads can stall the rest).
         try:
             await self._on_closed(self)
+        except asyncio.CancelledError:
+            flush = _cut_short()  # the registry let go before its first await; the backend may not
         except Exception:
             logger.exception("cleanup of %s failed", self.channel_name)
         try:
@@ -669,8 +678,12 @@ class Connection:
             if writer is not None and not writer.done():
                 if flush and not self._peer_gone:
                     self._wake_writer()
-                    with contextlib.suppress(TimeoutError):
+                    try:
                         await asyncio.wait_for(asyncio.shield(writer), self._close_timeout)
+                    except TimeoutError:
+                        pass
+                    except asyncio.CancelledError:
+                        flush = _cut_short()
                 if not writer.done():
                     writer.cancel()
                     await asyncio.wait([writer])
@@ -680,6 +693,10 @@ class Connection:
             if not self._peer_gone and not await self._send_close(code, reason) and self._fast is not None:
                 # The client does not take even the close frame: where we own the transport, drop it.
                 self._fast.abort()
+        except asyncio.CancelledError:
+            _cut_short()
+            if self._fast is not None and not self._peer_gone:
+                self._fast.abort()  # cancelled twice, or while the close frame waited: no more waiting
         finally:
             self.state = ConnectionState.CLOSED
 
@@ -695,6 +712,15 @@ class Connection:
             logger.debug("close frame to %s not sent: %r", self.channel_name, exc)
             return False
         return True
+
+
+def _cut_short() -> bool:
+    """Take back the cancellation of the closing task (see `Connection._finish`); False, for
+    `flush`: what is left of the close does not wait for the client any more."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return False
 
 
 def close_reason(reason: str) -> str:

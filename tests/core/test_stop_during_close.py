@@ -1,0 +1,77 @@
+"""`stop_tasks(timeout=...)` shorter than a consumer's `on_disconnect`: every client still gets
+1001 and is unregistered, and nothing reaches the log.
+
+Before (found by an adversarial review, 2026-12-02): stop_tasks cancelled the closes still
+running its hooks, which skipped the rest of the close; clients stayed open with nothing
+telling them, their connections stayed registered half closed (counted in `connections`
+after a restart), and each logged a CancelledError traceback when it finally left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import websockets
+from fastapi import FastAPI
+
+from fastapi_channels import BaseConsumer, ConnectionManager, WSConfig
+from fastapi_channels.connection import ConnectionState
+from fastapi_channels.testing import serve
+from tests.support.serving import FAST, SANSIO
+
+
+class SlowGoodbye(BaseConsumer):
+    async def connect(self) -> None:
+        await self.join_group("room")
+        await self.send_json({"type": "welcome"})
+
+    async def on_disconnect(self, code: int) -> None:
+        await asyncio.sleep(1.0)  # longer than stop_tasks will wait
+
+
+def _app(manager: ConnectionManager) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.start_tasks()
+        yield
+        await manager.stop_tasks()
+
+    app = FastAPI(lifespan=lifespan)
+    app.add_api_websocket_route("/ws/{user_id}", SlowGoodbye.as_route(manager, user_id="user_id"))
+    return app
+
+
+@pytest.mark.parametrize("ws", [SANSIO, FAST], ids=["sansio", "fastpath"])
+async def test_a_stop_that_outwaits_its_timeout_still_closes_every_client_with_1001(
+    ws: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    manager = ConnectionManager(WSConfig(BACKEND_TYPE="memory", LOG_STATS=False, WS_ENABLE_HEARTBEAT=False))
+    async with serve(_app(manager), ws=ws) as server:
+        clients = []
+        for index in range(3):
+            client = await websockets.connect(f"{server.ws_url}/ws/u{index}", compression=None)
+            assert "welcome" in await client.recv()
+            clients.append(client)
+        connections = list(manager.registry)
+        await manager.send_to_group("room", {"type": "last"})
+
+        await manager.stop_tasks(timeout=0.3)
+
+        assert len(manager.registry) == 0
+        assert [connection.state for connection in connections] == [ConnectionState.CLOSED] * 3
+        assert manager.get_stats()["connections_closed"] == 3
+        for client in clients:
+            frames = []
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    frames.append(await asyncio.wait_for(client.recv(), 5))
+            assert client.close_code == 1001
+            assert len(frames) == 1 and "last" in frames[0]
+        await manager.start_tasks()
+        assert manager.get_stats()["connections"] == 0
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info] == []
