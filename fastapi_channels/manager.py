@@ -601,15 +601,27 @@ class ConnectionManager:
                 await websocket.accept()
 
     async def disconnect(
-        self, connection_id: str, code: int = CloseCode.NORMAL_CLOSURE, reason: str = ""
+        self, connection_id: str | Connection, code: int = CloseCode.NORMAL_CLOSURE, reason: str = ""
     ) -> None:
         """Close a connection (on whichever server owns it), leaving all its groups. Idempotent.
+
+        Given the `Connection` itself (a local one), only that connection is closed: once it has
+        let go of its id, a new connection may hold the same id (a reconnect with a custom
+        `connection_id`), and a cleanup that looks it up by id would close the newcomer.
 
         For a connection on another server it returns once the owner has closed it, or at once
         when that server is gone (its connections with it). An owner that is alive but not
         listening raises ConnectionError(CONNECTION_NOT_FOUND, retryable): the connection may
         still be open.
         """
+        if isinstance(connection_id, Connection):
+            given = connection_id
+            connection_id = given.channel_name
+            if self.registry.get(connection_id) is not given:  # it let go of its id already
+                given.close(code, reason)
+                with contextlib.suppress(TimeoutError):
+                    await given.wait_closed(timeout=2 * self.config.WS_CLOSE_TIMEOUT + 1)
+                return
         connection = self.registry.get(connection_id)
         if connection is not None:
             if connection.is_open:  # a kick; a client that closed itself can be sent nothing

@@ -157,7 +157,8 @@ class BaseConsumer:
         try:
             await self._run_on_disconnect(code)
         finally:
-            await self.manager.disconnect(self.channel_name, code)
+            # This connection, not whichever holds its id now (a reconnect may reuse it).
+            await self.manager.disconnect(self.connection, code)
 
     async def _run_on_disconnect(self, code: int) -> None:
         if self._disconnected:
