@@ -772,7 +772,7 @@ class ConnectionManager:
         if group in connection.groups:
             return await self._history.replay(connection, group, None) if history else JoinResult()
         if not connection.is_open:
-            raise ConnectionError("connection is closing", error_code="CONNECTION_CLOSED", retryable=False)
+            raise _closed_during_join(connection_id)
         if self.authorize_join is not None:
             allowed = self.authorize_join(connection, group)
             if inspect.isawaitable(allowed):
@@ -785,8 +785,8 @@ class ConnectionManager:
                     user_id=connection.user_id,
                     connection_id=connection_id,
                 )
-            if self.registry.get(connection_id) is not connection:
-                return JoinResult()  # closed while the authorizer ran
+            if self.registry.get(connection_id) is not connection or not connection.is_open:
+                raise _closed_during_join(connection_id)  # closed while the authorizer ran
         if deadline and time.time() > deadline:
             # A remote caller already gave up (REMOTE_TIMEOUT): do not do it behind its back.
             raise BackendError("the caller's deadline passed", error_code="REMOTE_TIMEOUT")
@@ -808,7 +808,7 @@ class ConnectionManager:
             # Closed while the backend answered: its cleanup ran without this entry.
             with contextlib.suppress(Exception):
                 await self.backend.group_discard(group, connection_id)
-            return JoinResult()
+            raise _closed_during_join(connection_id)
         if history:
             self._history.prepare(group)
             if position is not None:
@@ -824,7 +824,9 @@ class ConnectionManager:
         if self.registry.get(connection_id) is not connection or group not in connection.groups:
             # Closed (or left) while the subscription was confirmed: its cleanup ran already.
             self._history.drop_hold(connection, group)
-            return JoinResult()
+            if self.registry.get(connection_id) is not connection:
+                raise _closed_during_join(connection_id)
+            return JoinResult()  # joined, then a leave that came meanwhile took it out again
         if not history:
             return JoinResult()
         try:
@@ -1382,3 +1384,13 @@ class ConnectionManager:
             "buffered_messages": sum(c.buffered_messages for c in self.registry),
             **self.counters.as_dict(),
         }
+
+
+def _closed_during_join(connection_id: str) -> ConnectionError:
+    """A join of a connection that closed before the join was done: the caller is told."""
+    return ConnectionError(
+        "connection closed before the join was done",
+        error_code="CONNECTION_CLOSED",
+        retryable=False,
+        connection_id=connection_id,
+    )

@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fastapi_channels import ConnectionManager, get_manager
 from fastapi_channels import manager as manager_module
+from fastapi_channels.exceptions import ConnectionError as ChannelsConnectionError
 from tests.support.client import Client
 from tests.support.eventually import eventually
 from tests.support.serving import FAST, SANSIO, LogCapture, StartServer, has_local_connections
@@ -258,3 +259,29 @@ async def test_a_long_or_odd_close_reason_is_cut_to_fit_and_the_close_frame_goes
         assert code == 4321
         assert received is not None and len(received.encode()) <= 123
         assert reason.startswith(received) or "\udcff" in reason
+
+
+async def test_a_join_whose_connection_closes_meanwhile_raises_connection_closed(
+    start_server: StartServer, ws: str
+) -> None:
+    """README: join_group returns once done. A connection that closed while its (async)
+    authorizer ran used to get an empty JoinResult, as if joined (20 of 20 in review)."""
+    async with start_server(ws=ws) as (server, manager):
+        client = await Client.open(server, "leaving")
+        name = client.channel_name
+        release = asyncio.Event()
+
+        async def authorize(_connection: object, _group: str) -> bool:
+            await release.wait()
+            return True
+
+        manager.authorize_join = authorize
+        join = asyncio.create_task(manager.join_group(name, "room"))
+        await asyncio.sleep(0)  # the join is waiting for the authorizer
+        await client.close()
+        await eventually(lambda: manager.get_connection(name) is None, what="the close")
+        release.set()
+        with pytest.raises(ChannelsConnectionError) as raised:
+            await join
+        assert raised.value.error_code == "CONNECTION_CLOSED"
+        assert await manager.group_size("room") == 0
