@@ -143,14 +143,21 @@ def _config(_: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from fastapi_channels.config import WSConfig
+    from fastapi_channels.redact import redact_url
 
     try:
         config = WSConfig()
     except ValidationError as exc:
-        print(f"invalid configuration:\n{exc}", file=sys.stderr)
+        # Each variable and why, without the value given: a URL may carry a password.
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        print("invalid configuration:\n" + "\n".join(problems), file=sys.stderr)
         return 2
     for name, value in config.model_dump().items():
-        print(f"{name}={value}")
+        shown = redact_url(value) if name.endswith("_URL") and isinstance(value, str) else value
+        print(f"{name}={shown}")
     return 0
 
 

@@ -174,6 +174,10 @@ class BaseError(Exception):
         # Not WebSocketException's "code: reason" for the errors that are both.
         return self.message
 
+    def to_dict(self) -> dict[str, Any]:
+        """The error frame a client gets (`to_response().to_dict()`)."""
+        return self.to_response().to_dict()
+
     def should_disconnect(self) -> bool:
         """True when the connection must be closed with `ws_code` after the error frame."""
         return self._disconnect

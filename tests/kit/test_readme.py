@@ -31,3 +31,18 @@ async def test_the_readme_app_serves_a_consumer() -> None:
         await alice.send_json_to({"type": "say", "data": "hello"})
         assert await alice.receive_json_from() == {"type": "said", "user": "alice", "text": "hello"}
     assert len(module.manager.registry) == 0
+
+
+TESTING_MD = README.parent / "docs" / "testing.md"
+
+
+async def test_the_testing_guides_communicator_example_passes_against_the_readme_app() -> None:
+    """docs/testing.md's first example, run as written against the README's app (the only
+    app the docs show that answers `say` with `said`)."""
+    text = TESTING_MD.read_text()
+    section = text[text.index("## Communicator") :]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, "no python block under 'Communicator'"
+    namespace = {"app": readme_app().app}
+    exec(compile(match.group(1), str(TESTING_MD), "exec"), namespace)
+    await namespace["test_chat_echoes"]()

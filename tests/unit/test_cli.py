@@ -94,3 +94,19 @@ def test_the_app_is_looked_for_in_the_current_directory_unless_told_otherwise(
     assert cli.main(["run", "app:app"]) == 0
     assert cli.main(["run", "app:app", "--app-dir", "src"]) == 0
     assert [call["app_dir"] for call in calls] == [".", "src"]
+
+
+def test_config_never_prints_a_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: credentials never reach an error, a log line or the stats; `fastapi-channels
+    config` printed REDIS_URL whole, and an invalid one in pydantic's error with its input."""
+    monkeypatch.setenv("REDIS_URL", "redis://user:hunter2@redis.example:6379/0")
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "REDIS_URL=redis://user:***@redis.example:6379/0" in out
+
+    monkeypatch.setenv("REDIS_URL", "http://user:hunter2@redis.example")  # not a Redis scheme
+    assert cli.main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "REDIS_URL" in err

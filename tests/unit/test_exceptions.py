@@ -152,6 +152,7 @@ def test_error_id_and_timestamp_are_keywords_too(cls: type[BaseError]) -> None:
     assert (error.context.error_id, error.context.timestamp, error.context.user_id) == ("abc", 12.5, "u1")
     frame = error.to_response().to_dict()
     assert (frame["error_id"], frame["timestamp"]) == ("abc", 12.5)
+    assert error.to_dict() == frame  # README: `to_dict()` is the frame, on the error too
 
 
 # --- ErrorResponse ------------------------------------------------------------------------------
