@@ -10,7 +10,6 @@ exactly what came after, or be told it cannot (`recovered: false`).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,14 +159,40 @@ class Sequencer:
     frame both filled from the store and received live) are dropped by offset.
     """
 
-    __slots__ = ("epoch", "filling", "held", "last", "limit")
+    __slots__ = (
+        "anchor_next",
+        "early",
+        "epoch",
+        "filling",
+        "generation",
+        "held",
+        "last",
+        "limit",
+        "starting",
+    )
 
-    def __init__(self, epoch: str | None = None, last: int = 0, *, limit: int = 10_000) -> None:
+    def __init__(
+        self, epoch: str | None = None, last: int = 0, *, limit: int = 10_000, starting: bool = False
+    ) -> None:
         self.epoch = epoch
         self.last = last
         self.limit = limit
         self.filling = False
         self.held: dict[int, Any] = {}  # offset -> payload waiting for a gap to be filled
+        # Until the first local member's join has read the group's position (`starting`), live
+        # frames wait in `early` as they came: where this server's place begins is not known.
+        self.starting = starting
+        self.early: list[tuple[str, int, Any]] = []  # (epoch, offset, payload), at most `limit`
+        self.anchor_next = False  # the position could not be read: begin at the next frame
+        # Bumped when the place jumps (a new epoch): a store read begun before it is stale.
+        self.generation = 0
+
+    def keep_early(self, epoch: str, offset: int, payload: Any) -> bool:
+        """Keep a frame that came while the position is being read; False past the bound."""
+        if len(self.early) >= self.limit:
+            return False
+        self.early.append((epoch, offset, payload))
+        return True
 
     def accept(self, epoch: str, offset: int) -> str:
         """Decide a live frame: "deliver", "drop" (seen already), "hold" (after a gap, or
@@ -183,6 +208,7 @@ class Sequencer:
                 # message (the caller holds this one and reads the rest from the store).
                 self.epoch, self.last = epoch, 0
                 self.held.clear()
+                self.generation += 1
                 return "reset"
         if offset <= self.last:
             return "drop"
@@ -199,14 +225,18 @@ class Sequencer:
         self.held[offset] = payload
         return True
 
-    def release(self) -> Iterable[tuple[int, Any]]:
-        """After a fill: the held frames that now follow on, in order."""
-        while self.last + 1 in self.held:
-            self.last += 1
-            yield self.last, self.held.pop(self.last)
-        # Anything left behind a hole the store could not fill is given up, in order.
+    def release(self) -> tuple[list[tuple[int, Any]], int]:
+        """After a fill: the held frames that now follow on, in order, and how many holes the
+        store could not fill were given up to deliver them (each a gap its members see)."""
+        released: list[tuple[int, Any]] = []
+        holes = 0
         for offset in sorted(self.held):
-            if offset > self.last:
-                self.last = offset
-                yield offset, self.held[offset]
+            if offset <= self.last:
+                continue
+            if offset > self.last + 1:
+                holes += 1
+            self.last = offset
+            released.append((offset, self.held[offset]))
+        self.held.clear()
+        return released, holes
         self.held.clear()

@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 Held = tuple[str | bytes, frozenset[str]]
 
+MAX_FILL_READS = 8
+"""Store reads one fill makes when a new epoch begins under each of them; past it the gap is
+given up (counted in `history_gaps`)."""
+
 
 def parse_position(since: object) -> tuple[str, int]:
     """A client's last position: `(epoch, offset)`, a list of the two, or `{"epoch", "offset"}`."""
@@ -88,6 +92,16 @@ class HistoryGroups:
             # Members here but no place yet (they joined before this server knew the group
             # keeps history): start at this frame.
             sequencer = self._sequencers[group] = Sequencer(epoch, offset - 1, limit=self.hold_limit)
+        if sequencer.starting:
+            # The first local member's join is reading the group's position: this frame waits
+            # for it (`_start`), which says whether it is old or new to the members.
+            if not sequencer.keep_early(epoch, offset, (frame, exclude)):
+                self.counters.history_gaps += 1  # past the bound: lost to this server's members
+            return
+        if sequencer.anchor_next:
+            # The position could not be read at the join: this server's place begins here.
+            sequencer.anchor_next = False
+            sequencer.epoch, sequencer.last = epoch, offset - 1
         verdict = sequencer.accept(epoch, offset)
         if verdict == "drop":
             return
@@ -145,8 +159,8 @@ class HistoryGroups:
         if task is not None and not task.done():
             return
         sequencer = self._sequencers.get(group)
-        if sequencer is None or sequencer.epoch is None:
-            return
+        if sequencer is None or sequencer.epoch is None or sequencer.starting:
+            return  # no place yet: the join reading the position will say where it begins
         sequencer.filling = True
         self._fills[group] = asyncio.get_running_loop().create_task(
             self._run_fill(group, sequencer), name=f"fastapi-channels-history-fill:{group}"
@@ -154,16 +168,25 @@ class HistoryGroups:
 
     async def _run_fill(self, group: str, sequencer: Sequencer) -> None:
         size, ttl = self.policy.size, self.policy.ttl
-        try:
-            read = await self.backend.read_history(group, sequencer.last, size, size, ttl)
-            if read.epoch is not None and read.epoch != sequencer.epoch and sequencer.last:
-                # Another epoch: what this server has is not a position in it; read it all.
-                read = await self.backend.read_history(group, 0, size, size, ttl)
-        except Exception as exc:
-            logger.warning("could not read the history of %s to fill a gap: %s", group, exc)
-            read = None
-        if self._sequencers.get(group) is not sequencer:
-            return
+        read: HistoryRead | None = None
+        for _ in range(MAX_FILL_READS):
+            generation = sequencer.generation
+            try:
+                read = await self.backend.read_history(group, sequencer.last, size, size, ttl)
+                if read.epoch is not None and read.epoch != sequencer.epoch and sequencer.last:
+                    # Another epoch: what this server has is not a position in it; read it all.
+                    read = await self.backend.read_history(group, 0, size, size, ttl)
+            except Exception as exc:
+                logger.warning("could not read the history of %s to fill a gap: %s", group, exc)
+                read = None
+            if self._sequencers.get(group) is not sequencer:
+                return
+            if sequencer.generation == generation:
+                break
+            # A new epoch began while the store was read (e.g. Redis restarted empty): that read
+            # is of the old place; read again from the new one.
+        else:
+            read = None  # epochs keep changing under the reads: give the gap up, counted
         if read is not None and read.epoch is not None:
             if read.epoch != sequencer.epoch:
                 # The store is on another epoch than the frames seen: start from its first.
@@ -182,7 +205,9 @@ class HistoryGroups:
 
     def _release(self, group: str, sequencer: Sequencer) -> None:
         sequencer.filling = False
-        for offset, (frame, exclude) in list(sequencer.release()):
+        released, holes = sequencer.release()
+        self.counters.history_gaps += holes  # offsets the store could not give: members skip them
+        for offset, (frame, exclude) in released:
             self._deliver(group, offset, frame, exclude)
 
     def stop(self) -> None:
@@ -196,26 +221,31 @@ class HistoryGroups:
         """Before a join subscribes: the first local member of a group starts this server's
         place at the group's position read after the subscription (live frames wait)."""
         if group not in self._sequencers:
-            sequencer = self._sequencers[group] = Sequencer(limit=self.hold_limit)
-            sequencer.filling = True
+            self._sequencers[group] = Sequencer(limit=self.hold_limit, starting=True)
 
     def _start(self, group: str, read: HistoryRead | None) -> None:
-        """The position read at a join: where a server's place in a new local group starts."""
+        """The position read at a join: where a server's place in a new local group starts.
+
+        Frames heard since the subscription waited (`Sequencer.early`); they go through the
+        normal path now: those at or before the position are old to the members (dropped),
+        the next ones delivered, and one after a hole starts a fill from the position. (A
+        frame must never set the place itself: it would start at offset 0 and a fill would
+        send every member the group's whole retained history.)"""
         sequencer = self._sequencers.get(group)
-        if sequencer is None or sequencer.epoch is not None or not sequencer.filling:
+        if sequencer is None or not sequencer.starting:
             return
+        sequencer.starting = False
+        early, sequencer.early = sequencer.early, []
         if read is not None and read.epoch is not None:
             sequencer.epoch, sequencer.last = read.epoch, read.offset
-        elif read is None and sequencer.held:
-            sequencer.last = min(sequencer.held) - 1  # the position is unknown: start at the first seen
+        elif read is None:
+            if early:  # the position is unknown: begin at the first frame heard
+                sequencer.epoch, sequencer.last = early[0][0], early[0][1] - 1
+            else:
+                sequencer.anchor_next = True
         # else: no history yet: the first epoch seen starts at offset 1.
-        task = self._fills.get(group)
-        if task is not None and not task.done():
-            return
-        if sequencer.held and sequencer.epoch is not None and min(sequencer.held) > sequencer.last + 1:
-            self._fill(group)  # frames were missed before the first one heard: read them
-        else:
-            self._release(group, sequencer)
+        for epoch, offset, (frame, exclude) in early:
+            self.on_frame(group, offset, epoch, frame, exclude)
 
     def hold_for_replay(self, connection: Connection, group: str) -> None:
         """Before a join with a position: live frames for `group` wait until the replay is done."""

@@ -297,6 +297,7 @@ class LossyMemoryBackend(MemoryBackend):
         self.dropped = 0
         self.delayed: list[tuple[str, bytes]] | None = None  # frames held back while delaying
         self.fill_gate: asyncio.Event | None = None
+        self.gate_after_read = False  # the fill reads first and waits with what it read
         self.fills_waiting = 0
 
     async def start(self, server_id: str, on_message: Callable[[str, bytes], None]) -> None:
@@ -341,6 +342,10 @@ class LossyMemoryBackend(MemoryBackend):
             and task.get_name().startswith("fastapi-channels-history-fill")
         ):
             self.fills_waiting += 1
+            if self.gate_after_read:
+                read = await super().read_history(group, after, limit, size, ttl)
+                await gate.wait()
+                return read
             await gate.wait()
         return await super().read_history(group, after, limit, size, ttl)
 
@@ -777,6 +782,37 @@ async def test_a_new_epoch_found_while_filling_starts_from_its_first_message() -
         assert lost == ["room.epoch"], f"on_history_lost called {len(lost)} times for one loss"
 
 
+async def test_a_new_epoch_that_begins_while_a_fill_reads_is_filled_from_its_first_message() -> None:
+    """A fill read the store before the new epoch's first messages were stored (Redis came back
+    empty, the server resynced at once); the first of them missed this server, the next came
+    live and reset its place to the new epoch while that read was out. The stale read used to
+    be applied: the hole was given up uncounted and the members missed the new epoch's first
+    messages (6-8 of them, 4 runs of 5 in review)."""
+    async with lossy_pair() as (s0, s1, lossy):
+        publisher = await Peer.open(s0.ws_url, "publisher")
+        far = await Peer.open(s1.ws_url, "far")
+        await far.join("room.reset")
+        await publish(publisher, "room.reset", 2)
+        await far.until_offset(2)
+        old = far.position()[0]  # type: ignore[index]
+        lossy.go_deaf()
+        lossy.hub.histories = HistoryStore()  # the history is gone: what Redis restarted empty does
+        s0.backend.hub.histories = lossy.hub.histories
+        lossy.fill_gate, lossy.gate_after_read = asyncio.Event(), True
+        lossy.hear_again()  # the resync's fill reads the empty store and waits with it
+        await eventually(lambda: lossy.fills_waiting == 1, WAIT, "the resync's read")
+        lossy.deaf = True  # the new epoch's first three miss server 1
+        await publish(publisher, "room.reset", 3, start=2)
+        lossy.deaf = False
+        await publish(publisher, "room.reset", 1, start=5)  # heard: a reset while the read is out
+        lossy.fill_gate.set()
+        await far.until_offset(4, epoch=(await publisher.history("room.reset"))["epoch"])
+        new = far.positioned()[-1]["epoch"]
+        assert new != old
+        assert far.offsets(new) == [1, 2, 3, 4]
+        assert s1.manager.counters.history_gaps == 0
+
+
 async def history_lost(server: MemoryServer) -> list[str]:
     import httpx
 
@@ -981,6 +1017,49 @@ async def test_a_replay_cut_short_by_a_slow_consumer_close_is_not_recovered_and_
         await eventually(lambda: connection.state is ConnectionState.CLOSED, WAIT, "the close")
         assert connection.messages_sent + connection.messages_dropped - settled == 400
         member.resume()
+
+
+class JoinReadGate(MemoryBackend):
+    """A memory backend whose reads made by a join (not by a gap fill) wait at a gate: on Redis
+    live frames arrive on the pub/sub connection while the join reads the group's position."""
+
+    def __init__(self, hub: MemoryHub | None = None) -> None:
+        super().__init__(hub)
+        self.gate: asyncio.Event | None = None
+        self.waiting = 0
+
+    async def read_history(self, group: str, after: int, limit: int, size: int, ttl: int) -> HistoryRead:
+        task = asyncio.current_task()
+        gate = self.gate
+        filling = task is not None and task.get_name().startswith("fastapi-channels-history")
+        if gate is not None and task is not None and not filling:
+            self.waiting += 1
+            await gate.wait()
+        return await super().read_history(group, after, limit, size, ttl)
+
+
+async def test_a_join_without_a_position_starts_live_while_messages_arrive_during_it() -> None:
+    """README: without `since` the join starts live and reports the group's position. Live
+    frames heard while the first local member's join read that position used to set this
+    server's place at offset 0, and a gap fill then sent the member the whole retained
+    history (on Redis, 9 of 10 joins under load in review)."""
+    async with memory_servers(2, backend=JoinReadGate) as (s0, s1):
+        publisher = await Peer.open(s0.ws_url, "publisher")
+        member = await Peer.open(s1.ws_url, "member")
+        await publish(publisher, "room.live", 10)
+        backend = s1.backend
+        assert isinstance(backend, JoinReadGate)
+        backend.gate = asyncio.Event()
+        await member.send(op="join", group="room.live")
+        await eventually(lambda: backend.waiting == 1, WAIT, "the join's position read")
+        await publish(publisher, "room.live", 5, start=10)  # heard by s1 while the join reads
+        backend.gate.set()
+        joined = await member.wait_for(lambda: member.first("joined"), WAIT, "the join")
+        assert joined["result"]["offset"] == 15 and not joined["result"]["recovered"], joined
+        await publish(publisher, "room.live", 5, start=15)
+        await member.until_offset(20)
+        assert member.offsets() == list(range(16, 21))  # live only: nothing from before the join
+        assert s1.manager.counters.history_filled == 0
 
 
 async def test_live_messages_sent_during_a_long_replay_are_not_lost() -> None:
