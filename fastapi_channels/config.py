@@ -28,6 +28,8 @@ class WSConfig(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         validate_default=True,
+        # An invalid value is named, never shown: REDIS_URL may carry a password.
+        hide_input_in_errors=True,
     )
 
     # Backend selection

@@ -228,3 +228,12 @@ def test_config_pickle_round_trip() -> None:
     clone = pickle.loads(pickle.dumps(config))
     assert clone.MAX_TOTAL_GROUPS == 4
     assert clone.SERVER_INSTANCE_ID == config.SERVER_INSTANCE_ID
+
+
+def test_an_invalid_value_is_never_shown_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: credentials never reach an error. pydantic showed the input (a REDIS_URL with
+    its password) in the ValidationError that `fastapi-channels run` or an app prints."""
+    monkeypatch.setenv("REDIS_URL", "http://user:hunter2@redis.example")
+    with pytest.raises(pydantic.ValidationError) as info:
+        WSConfig()
+    assert "hunter2" not in str(info.value) and "REDIS_URL" in str(info.value)
