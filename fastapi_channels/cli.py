@@ -150,9 +150,9 @@ def _config(_: argparse.Namespace) -> int:
     except ValidationError as exc:
         # Each variable and why, without the value given: a URL may carry a password.
         problems = [
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            ": ".join(part for part in (".".join(str(p) for p in error["loc"]), error["msg"]) if part)
             for error in exc.errors(include_url=False, include_input=False)
-        ]
+        ]  # a whole-config rule has no location: its message names the variables
         print("invalid configuration:\n" + "\n".join(problems), file=sys.stderr)
         return 2
     for name, value in config.model_dump().items():

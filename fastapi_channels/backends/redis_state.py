@@ -429,7 +429,10 @@ class ClusterState:
         gone: set[str] = set()
         for start in range(0, len(groups), _REFRESH_CHUNK):
             chunk = groups[start : start + _REFRESH_CHUNK]
-            answer = await script(keys=[self.keys.groups], args=[self.keys.prefix, self.group_expiry, *chunk])
+            answer = await script(
+                keys=[self.keys.groups],
+                args=[self.keys.prefix, self.group_expiry, self.keys.server_id, *chunk],
+            )
             gone.update(_text(part) for part in answer)
         if not gone:
             return
@@ -446,6 +449,10 @@ class ClusterState:
             await self._batch(
                 "group_add", [self._group_add_call(group, channel, 2**31) for group, channel in batch]
             )
+        # A leave while this ran may have been written back: remove it again (as `rewrite`).
+        for group, channel in memberships:
+            if (group, channel) not in self.memberships:
+                await self.group_discard(group, channel)
 
     async def retire(self) -> None:
         """Leave nothing behind: mark this server dead now and reap its entries."""

@@ -70,3 +70,24 @@ async def test_a_group_that_expired_with_members_is_written_back(redis_server: R
 
 async def _size_is(manager: ConnectionManager, size: int) -> bool:
     return await manager.group_size("room") == size
+
+
+async def test_every_server_writes_its_members_of_an_expired_group_back(redis_server: RedisProcess) -> None:
+    """With members on two servers, the first server's write-back recreated the group's keys,
+    and the second then found them present and never wrote its own member back (review of
+    9fcddeb): a server checks that its own count is there, not only the key."""
+    async with LocalCluster(2, redis_url=redis_server.url, app_factory=_app, REDIS_GROUP_EXPIRY=3) as cluster:
+        first, _ = cluster.managers
+        async with (
+            Communicator(cluster.apps[0], "/ws/one") as one,
+            Communicator(cluster.apps[1], "/ws/two") as two,
+        ):
+            for member in (one, two):
+                assert await member.receive_json_from(5) == {"type": "joined"}
+            assert await first.group_size("room") == 2
+            client = aioredis.Redis.from_url(redis_server.url)
+            try:
+                assert await client.delete(f"{cluster.prefix}group:room", f"{cluster.prefix}gsrv:room") == 2
+            finally:
+                await client.aclose()
+            await eventually(lambda: _size_is(first, 2), what="both memberships written back")
