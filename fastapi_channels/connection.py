@@ -650,10 +650,21 @@ class Connection:
     async def _finish(self, code: int, reason: str, flush: bool) -> None:
         """Close hook, unregister, flush, close frame: each stage bounded by WS_CLOSE_TIMEOUT.
 
-        Cancelled (`stop_tasks` gave up waiting for it), it cuts short the stage it is in and
-        skips the waits left (the hook, the flush) but still unregisters and sends the close
-        frame: a connection is never left registered, open and half closed. The task then ends
-        normally, so whoever waits for the close is not cancelled in turn."""
+        Cancelled once (`stop_tasks` gave up waiting for it), it cuts short the stage it is in
+        and skips the waits left (the hook, the flush) but still unregisters and sends the
+        close frame: a connection is never left registered, open and half closed, and whoever
+        waits for the close is not cancelled in turn. Cancelled twice, it ends where it is
+        (`stop_tasks` then drops what is left of it)."""
+        try:
+            await self._finish_stages(code, reason, flush)
+        except asyncio.CancelledError:
+            if self._fast is not None and not self._peer_gone:
+                self._fast.abort()  # no more waiting for this client: drop the transport
+            raise
+        finally:
+            self.state = ConnectionState.CLOSED
+
+    async def _finish_stages(self, code: int, reason: str, flush: bool) -> None:
         hook = self._close_hook
         if hook is not None:
             self._close_hook = None
@@ -671,34 +682,33 @@ class Connection:
             flush = _cut_short()  # the registry let go before its first await; the backend may not
         except Exception:
             logger.exception("cleanup of %s failed", self.channel_name)
-        try:
-            if self._fast is not None and self._buffer and flush and not self._peer_gone:
-                self._ensure_fast_writer()
+        writer = self._writer
+        if self._fast is not None and self._buffer and flush and not self._peer_gone:
+            self._ensure_fast_writer()
             writer = self._writer
-            if writer is not None and not writer.done():
-                if flush and not self._peer_gone:
-                    self._wake_writer()
-                    try:
-                        await asyncio.wait_for(asyncio.shield(writer), self._close_timeout)
-                    except TimeoutError:
-                        pass
-                    except asyncio.CancelledError:
-                        flush = _cut_short()
-                if not writer.done():
-                    writer.cancel()
-                    await asyncio.wait([writer])
-            if self._buffer:
-                self._count_dropped(len(self._buffer))
-                self._drop_buffer()
-            if not self._peer_gone and not await self._send_close(code, reason) and self._fast is not None:
+        if writer is not None and not writer.done():
+            if flush and not self._peer_gone:
+                self._wake_writer()
+                try:
+                    await asyncio.wait_for(asyncio.shield(writer), self._close_timeout)
+                except TimeoutError:
+                    pass
+                except asyncio.CancelledError:
+                    flush = _cut_short()
+            if not writer.done():
+                writer.cancel()
+                await asyncio.wait([writer])
+        if self._buffer:
+            self._count_dropped(len(self._buffer))
+            self._drop_buffer()
+        if not self._peer_gone:
+            try:
+                sent = await self._send_close(code, reason)
+            except asyncio.CancelledError:
+                sent = _cut_short()
+            if not sent and self._fast is not None:
                 # The client does not take even the close frame: where we own the transport, drop it.
                 self._fast.abort()
-        except asyncio.CancelledError:
-            _cut_short()
-            if self._fast is not None and not self._peer_gone:
-                self._fast.abort()  # cancelled twice, or while the close frame waited: no more waiting
-        finally:
-            self.state = ConnectionState.CLOSED
 
     async def _send_close(self, code: int, reason: str) -> bool:
         if not sendable_close_code(code):
@@ -715,12 +725,14 @@ class Connection:
 
 
 def _cut_short() -> bool:
-    """Take back the cancellation of the closing task (see `Connection._finish`); False, for
-    `flush`: what is left of the close does not wait for the client any more."""
+    """Take back the first cancellation of the closing task (see `Connection._finish`) and
+    return False, for `flush`: what is left of the close does not wait for the client any
+    more. A second cancellation is not taken back: the close ends where it is."""
     task = asyncio.current_task()
-    if task is not None:
+    if task is not None and task.cancelling() <= 1:
         task.uncancel()
-    return False
+        return False
+    raise asyncio.CancelledError
 
 
 def close_reason(reason: str) -> str:

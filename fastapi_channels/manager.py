@@ -276,10 +276,16 @@ class ConnectionManager:
                 closers = [c.close(CloseCode.GOING_AWAY, "server shutting down") for c in list(self.registry)]
                 if closers:
                     _, pending = await asyncio.wait(closers, timeout=timeout)
-                    for closer in pending:
-                        closer.cancel()
-                    if pending:
-                        await asyncio.wait(pending, timeout=1.0)
+                    # Past the timeout a close skips what it still waits for (its hook, its
+                    # flush) and only unregisters and sends 1001, each bounded; a second
+                    # cancel ends it where it is. Then nothing of it outlives the backend.
+                    for wait in (self.config.WS_CLOSE_TIMEOUT + 1.0, 1.0):
+                        for closer in pending:
+                            closer.cancel()
+                        if pending:
+                            _, pending = await asyncio.wait(pending, timeout=wait)
+                    for connection in list(self.registry):  # closes that ended before unregistering
+                        self._forget_now(connection)
                 tasks, self._tasks = self._tasks, []
                 for task in tasks:
                     task.cancel()
@@ -661,6 +667,18 @@ class ConnectionManager:
         try:
             await self._release(name, connection.user_id, removal.left_groups)
         finally:
+            claim = self._claims.get(name)
+            if claim is not None and claim.connection is connection:
+                self._unclaim(name, claim)
+
+    def _forget_now(self, connection: Connection) -> None:
+        """`_forget` without its backend calls, for a close that `stop_tasks` had to end before
+        it unregistered: the backend is stopping, and it releases this server's state whole."""
+        name = connection.channel_name
+        if self.registry.get(name) is connection and self.registry.remove(name) is not None:
+            logger.warning("connection %s did not finish closing before the stop: dropped", name)
+            self.counters.connections_closed += 1
+            self._fast_channels.discard(name)
             claim = self._claims.get(name)
             if claim is not None and claim.connection is connection:
                 self._unclaim(name, claim)

@@ -19,6 +19,7 @@ import websockets
 from fastapi import FastAPI
 
 from fastapi_channels import BaseConsumer, ConnectionManager, WSConfig
+from fastapi_channels.backends import MemoryBackend
 from fastapi_channels.connection import ConnectionState
 from fastapi_channels.testing import serve
 from tests.support.serving import FAST, SANSIO
@@ -75,3 +76,44 @@ async def test_a_stop_that_outwaits_its_timeout_still_closes_every_client_with_1
         await manager.start_tasks()
         assert manager.get_stats()["connections"] == 0
     assert [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info] == []
+
+
+class SlowRelease(MemoryBackend):
+    """A backend whose group leave takes a while (a slow Redis) and that notes what it did after
+    it was stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = False
+        self.after_stop: list[str] = []
+
+    async def group_discard(self, group: str, channel_name: str) -> None:
+        await asyncio.sleep(1.5)  # longer than stop_tasks used to wait after its cancel (1 s)
+        if self.stopped:
+            self.after_stop.append(channel_name)
+        await super().group_discard(group, channel_name)
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await super().stop()
+
+
+async def test_no_close_cut_short_by_a_stop_reaches_the_backend_after_it_stopped() -> None:
+    """A close cut short by stop_tasks still releases the connection's groups: stop_tasks waits
+    for that (bounded) before it stops the backend, instead of leaving it running behind."""
+    backend = SlowRelease()
+    manager = ConnectionManager(
+        WSConfig(BACKEND_TYPE="memory", LOG_STATS=False, WS_ENABLE_HEARTBEAT=False), backend=backend
+    )
+    async with serve(_app(manager), ws=SANSIO) as server:
+        clients = [await websockets.connect(f"{server.ws_url}/ws/u{i}", compression=None) for i in range(2)]
+        for client in clients:
+            assert "welcome" in await client.recv()
+        await manager.stop_tasks(timeout=0.3)
+        assert backend.after_stop == [] and len(manager.registry) == 0
+        for client in clients:
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(client.recv(), 5)
+            assert client.close_code == 1001
+        await manager.start_tasks()
