@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi_channels import BaseConsumer, ConnectionManager, WSConfig
 from fastapi_channels.backends import MemoryBackend
 from fastapi_channels.connection import ConnectionState
+from fastapi_channels.exceptions import ConnectionError as ChannelsConnectionError
 from fastapi_channels.testing import serve
 from tests.support.serving import FAST, SANSIO
 
@@ -117,3 +118,43 @@ async def test_no_close_cut_short_by_a_stop_reaches_the_backend_after_it_stopped
                     await asyncio.wait_for(client.recv(), 5)
             assert client.close_code == 1001
         await manager.start_tasks()
+
+
+class GatedGroupAdd(MemoryBackend):
+    """A backend whose group_add waits at a gate: a join's backend step, caught mid-way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()  # open until the test closes it
+        self.waiting = asyncio.Event()
+
+    async def group_add(self, group: str, channel_name: str, *, max_groups: int) -> bool:
+        self.waiting.set()
+        await self.gate.wait()
+        return await super().group_add(group, channel_name, max_groups=max_groups)
+
+
+async def test_a_join_whose_connection_closes_during_the_backend_step_raises_and_leaves_nothing() -> None:
+    """The join's other window (see tests/core/test_lifecycle.py for the authorizer's): the
+    connection closes while the backend adds the membership. The join raises CONNECTION_CLOSED
+    and the membership it added is taken back."""
+    backend = GatedGroupAdd()
+    manager = ConnectionManager(
+        WSConfig(BACKEND_TYPE="memory", LOG_STATS=False, WS_ENABLE_HEARTBEAT=False), backend=backend
+    )
+    async with serve(_app(manager), ws=SANSIO) as server:
+        client = await websockets.connect(f"{server.ws_url}/ws/u", compression=None)
+        assert "welcome" in await client.recv()  # its connect() joined "room" (the gate was open)
+        backend.waiting.clear()
+        (connection,) = list(manager.registry)
+        backend.gate.clear()
+        join = asyncio.create_task(manager.join_group(connection.channel_name, "other"))
+        await backend.waiting.wait()
+        await client.close()
+        await connection.wait_closed(timeout=5)
+        backend.gate.set()
+        with pytest.raises(ChannelsConnectionError) as raised:
+            await join
+        assert raised.value.error_code == "CONNECTION_CLOSED"
+        assert await manager.group_size("other") == 0
