@@ -27,6 +27,7 @@ import pydantic
 
 from example.access import ROOM_GROUP_PREFIX, RoomAccess
 from example.database import ChatDatabase, DatabaseClosedError, RoomLimitError
+from example.presence_locks import PRESENCE
 from example.protocol import (
     CLIENT_MESSAGES,
     MAX_TEXT_LENGTH,
@@ -206,8 +207,21 @@ class ChatConsumer(BaseConsumer):
         users = sorted({user for channel, user in present if channel in members})
         return [RoomUser(user_id=user, username=user) for user in users]
 
-    async def _user_present(self, room: str) -> bool:
-        return any(user.user_id == self.uid for user in await self.room_users(room))
+    async def _others_present(self, room: str) -> bool:
+        """Whether another connection of this user is in the room, for the presence frames
+        (taken under PRESENCE's lock). One on this server counts by its presence row alone:
+        each removes its own, under the same lock, whenever the library left its groups. One
+        on another server counts by its row and its group membership (a dead server's rows
+        are not counted)."""
+        rows = await self.database.room_presence(room)
+        others = [channel for channel, user in rows if user == self.uid and channel != self.channel_name]
+        if not others:
+            return False
+        here = self.manager.server_id + "!"
+        if any(channel.startswith(here) for channel in others):
+            return True
+        members = await self.manager.group_members(room_group(room))
+        return any(channel in members for channel in others)
 
     async def _room_summaries(self) -> list[RoomSummary]:
         rooms = await self.database.list_rooms()
@@ -235,13 +249,18 @@ class ChatConsumer(BaseConsumer):
     async def on_disconnect(self, code: int) -> None:
         rooms = self.rooms
         try:
-            await self.database.remove_channel_presence(self.channel_name)
             for room in rooms:
-                # Still a member of the group here (the library leaves groups after this hook).
-                if not await self._user_present(room):
+                # Still a member of the group here (the library leaves groups after this hook):
+                # its presence row goes, then the user's other connections are looked at, under
+                # the lock, so of two connections closing at once only the last sends it.
+                async with PRESENCE.hold(room, self.uid):
+                    await self.database.remove_presence(self.channel_name, room)
+                    gone = not await self._others_present(room)
+                if gone:
                     await self._presence(
                         room, frame(UserLeftFrame(room=room, user_id=self.uid, username=self.username))
                     )
+            await self.database.remove_channel_presence(self.channel_name)
         except DatabaseClosedError:
             pass  # shutting down: the server's presence rows are cleared in the lifespan
 
@@ -263,11 +282,12 @@ class ChatConsumer(BaseConsumer):
 
     async def _join(self, room: str, info: dict[str, Any], since: tuple[str, int] | None = None) -> None:
         group = room_group(room)
-        newly_present = group not in self.connection.groups and not await self._user_present(room)
-        # The room is a history group: with `since`, the messages missed after it are sent
-        # here, before anything below, then live ones (none twice, none missing).
-        joined = await self.join_group(group, since=since)
-        await self.database.add_presence(self.channel_name, room, self.uid, self.manager.server_id)
+        async with PRESENCE.hold(room, self.uid):  # of two connections joining at once, one is first
+            newly_present = group not in self.connection.groups and not await self._others_present(room)
+            # The room is a history group: with `since`, the messages missed after it are sent
+            # here, before anything below, then live ones (none twice, none missing).
+            joined = await self.join_group(group, since=since)
+            await self.database.add_presence(self.channel_name, room, self.uid, self.manager.server_id)
         await self.send_frame(
             RoomJoinedFrame(
                 room=room,
@@ -297,10 +317,12 @@ class ChatConsumer(BaseConsumer):
         data: RoomData = message.data
         self._require_member(data.room, message.type)
         group = room_group(data.room)
-        await self.leave_group(group)
-        await self.database.remove_presence(self.channel_name, data.room)
+        async with PRESENCE.hold(data.room, self.uid):  # of two connections leaving at once, one is last
+            await self.leave_group(group)
+            await self.database.remove_presence(self.channel_name, data.room)
+            gone = not await self._others_present(data.room)
         await self.send_frame(RoomLeftFrame(room=data.room, user_id=self.uid, username=self.username))
-        if not await self._user_present(data.room):
+        if gone:
             await self.manager.send_to_group(
                 group,
                 frame(UserLeftRoomFrame(room=data.room, user_id=self.uid, username=self.username)),

@@ -460,7 +460,10 @@ class UserLeftRoomFrame(_RoomUserFrame):
 
 
 class UserLeftFrame(_RoomUserFrame):
-    """To the members of each room a user was in, when the user disconnected (last connection)."""
+    """To the members of each room a user was in, when the user disconnected (last connection).
+
+    Once per user even when its connections join, leave or close at the same moment on one
+    server; two servers deciding in the same instant may each send it."""
 
     model_config = _room_user_example("user_left")
     type: Literal["user_left"] = "user_left"

@@ -387,3 +387,40 @@ async def test_join_room_with_since_replays_the_missed_room_messages(chat: Runni
     [room_joined] = [f for f in frames if f["type"] == "room_joined"]
     assert room_joined["recovered"] is False and room_joined["replayed"] == 0
     assert not [f for f in frames if f["type"] == "chat_message"]
+
+
+async def test_a_users_two_connections_acting_at_once_tell_the_room_once(chat: RunningChat) -> None:
+    """docs/protocol.md: user_joined_room / user_left_room / user_left go out for the user's
+    first or last connection, not per connection. Two connections of one user joining,
+    leaving or closing at the same time each saw the other as absent and both sent the frame
+    (6 of 6, 9 of 10 and 4 of 5 in review)."""
+    manager = chat.app.state.manager
+    watcher = await joined(chat, "watcher")
+    for round_ in range(3):
+        bob_1 = await ChatClient.open(chat.ws_url, "bob")
+        bob_2 = await ChatClient.open(chat.ws_url, "bob")
+        await asyncio.gather(bob_1.send("join_room", room="general"), bob_2.send("join_room", room="general"))
+        for bob in (bob_1, bob_2):
+            await bob.expect("room_users", room="general")
+        frames = await watcher.sync()
+        assert [f["type"] for f in frames if f["type"].startswith("user_")] == ["user_joined_room"], round_
+
+        if round_ == 0:  # both leave the room at once
+            await asyncio.gather(
+                bob_1.send("leave_room", room="general"), bob_2.send("leave_room", room="general")
+            )
+            for bob in (bob_1, bob_2):
+                await bob.expect("room_left", room="general")
+            kind = "user_left_room"
+        else:  # both close at once
+            await asyncio.gather(bob_1.close(), bob_2.close())
+
+            async def bob_gone() -> bool:
+                return not await manager.get_user_connections("bob")
+
+            await eventually(bob_gone, what="bob's connections to go")
+            kind = "user_left"
+        await watcher.expect(kind, user_id="bob")
+        assert not [f for f in await watcher.sync() if f["type"] == kind], f"{kind} twice in round {round_}"
+        for bob in (bob_1, bob_2):
+            await bob.close()
