@@ -58,7 +58,7 @@ ERROR_CODES: dict[str, str] = {
     "INVALID_MESSAGE_FORMAT": (
         "the frame is not an object, or its `metadata`, `priority` or `ttl_seconds` is malformed"
     ),
-    "MISSING_MESSAGE_TYPE": "no `type` string",
+    "MISSING_MESSAGE_TYPE": "no `type` string: missing, empty or not a string",
     "INVALID_MESSAGE_TYPE": "`type` is not 1-64 of letters, digits, `_ . : -` starting with a letter",
     "UNKNOWN_MESSAGE_TYPE": "`type` is not one of the client message types above (binary frames too)",
     "MESSAGE_TOO_LARGE": "the frame is larger than `WS_MAX_MESSAGE_SIZE`, on a server whose own "

@@ -213,7 +213,8 @@ def render() -> str:
     for path, what in (
         (
             "GET /api/rooms/{room}/messages?limit=50",
-            "stored messages of a room, oldest first (limit 1-1000, else 400 `INVALID_LIMIT`; "
+            "stored messages of a room, oldest first (limit 1-1000, else 400 `INVALID_LIMIT`; not an "
+            "integer: 422 `INVALID_REQUEST`, as any malformed request; "
             "`admin-*` rooms: an admin's token, else 403 `ROOM_FORBIDDEN`)",
         ),
         (
