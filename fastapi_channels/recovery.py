@@ -254,8 +254,12 @@ class HistoryGroups:
         connection.replaying[group] = []
 
     def drop_hold(self, connection: Connection, group: str) -> None:
-        """The join failed: nothing waits any more (frames held meanwhile are not for it)."""
+        """The join failed: nothing waits any more (frames held meanwhile are not for it). If
+        it was the group's first here, its place begins at the frames heard meanwhile (or the
+        next one): other members may be here already, and must not wait for a read that will
+        not come."""
         self._end_hold(connection, group)
+        self._start(group, None)
 
     async def replay(self, connection: Connection, group: str, since: tuple[str, int] | None) -> JoinResult:
         """After the join: send the missed messages, then the held live ones, without a gap or

@@ -560,3 +560,53 @@ async def test_first_does_not_depend_on_how_much_is_read(store: Store) -> None:
     position_only = await store.backend.read_history("first", 0, 0, 3, 60)
     late = await store.backend.read_history("first", 4, 100, 3, 60)
     assert (position_only.first, late.first) == (full.first, full.first)
+
+
+class _Member:
+    """What HistoryGroups delivers to: a connection's name, its replay state and its queue."""
+
+    channel_name = "s!member"
+
+    def __init__(self) -> None:
+        self.replaying: Any = None
+        self.frames: list[Any] = []
+
+    def enqueue(self, frame: Any, wire: Any = None) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+class _OneGroup:
+    def __init__(self, member: _Member) -> None:
+        self.member = member
+
+    def has_group(self, group: str) -> bool:
+        return True
+
+    def group_members(self, group: str) -> list[_Member]:
+        return [self.member]
+
+
+async def test_a_failed_first_join_does_not_leave_the_groups_place_waiting_for_it() -> None:
+    """The first local join of a history group makes frames wait for its position read; a
+    join that failed before that read (closed, subscription refused) used to leave them
+    waiting for good, while members already here got nothing (review of a9a16c6)."""
+    from fastapi_channels.backends import MemoryBackend
+    from fastapi_channels.recovery import HistoryGroups
+    from fastapi_channels.stats import Counters
+
+    member = _Member()
+    groups = HistoryGroups(
+        HistoryPolicy(["room"]),
+        MemoryBackend(),
+        _OneGroup(member),  # type: ignore[arg-type]
+        Counters(),
+        fast_path=lambda: False,
+        on_lost=lambda _group: None,
+        hold_limit=100,
+    )
+    groups.prepare("room")  # a first join begins
+    groups.on_frame("room", 7, "e", "seven", frozenset())  # heard while its read would be out
+    groups.drop_hold(member, "room")  # type: ignore[arg-type]  # the join failed
+    groups.on_frame("room", 8, "e", "eight", frozenset())
+    assert member.frames == ["seven", "eight"]
