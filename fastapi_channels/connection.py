@@ -332,8 +332,12 @@ class Connection:
         return self._closer
 
     async def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait for the close to end (TimeoutError after `timeout`). A close that `stop_tasks`
+        had to end by cancelling it does not cancel its waiters in turn."""
         closer = self._closer if self._closer is not None else self.close()
-        await asyncio.wait_for(asyncio.shield(closer), timeout)
+        done, _ = await asyncio.wait((closer,), timeout=timeout)
+        if not done:
+            raise TimeoutError
 
     @property
     def is_open(self) -> bool:
@@ -665,13 +669,26 @@ class Connection:
             self.state = ConnectionState.CLOSED
 
     async def _finish_stages(self, code: int, reason: str, flush: bool) -> None:
+        taken_back = False
+
+        def cut_short() -> bool:
+            """Take back the first cancellation of this close and return False, for `flush`:
+            what is left does not wait for the client any more. A later one ends the close."""
+            nonlocal taken_back
+            task = asyncio.current_task()
+            if taken_back or task is None:
+                raise asyncio.CancelledError
+            taken_back = True
+            task.uncancel()
+            return False
+
         hook = self._close_hook
         if hook is not None:
             self._close_hook = None
             try:
                 await asyncio.wait_for(hook(code), self._close_timeout)
             except asyncio.CancelledError:
-                flush = _cut_short()
+                flush = cut_short()
             except Exception:
                 logger.exception("close hook of %s failed", self.channel_name)
         # Unregister next: the user's slot and the group memberships are released at once,
@@ -679,7 +696,7 @@ class Connection:
         try:
             await self._on_closed(self)
         except asyncio.CancelledError:
-            flush = _cut_short()  # the registry let go before its first await; the backend may not
+            flush = cut_short()  # the registry let go before its first await; the backend may not
         except Exception:
             logger.exception("cleanup of %s failed", self.channel_name)
         writer = self._writer
@@ -694,10 +711,13 @@ class Connection:
                 except TimeoutError:
                     pass
                 except asyncio.CancelledError:
-                    flush = _cut_short()
+                    flush = cut_short()
             if not writer.done():
                 writer.cancel()
-                await asyncio.wait([writer])
+                try:
+                    await asyncio.wait([writer])
+                except asyncio.CancelledError:
+                    flush = cut_short()
         if self._buffer:
             self._count_dropped(len(self._buffer))
             self._drop_buffer()
@@ -705,7 +725,7 @@ class Connection:
             try:
                 sent = await self._send_close(code, reason)
             except asyncio.CancelledError:
-                sent = _cut_short()
+                sent = cut_short()
             if not sent and self._fast is not None:
                 # The client does not take even the close frame: where we own the transport, drop it.
                 self._fast.abort()
@@ -722,17 +742,6 @@ class Connection:
             logger.debug("close frame to %s not sent: %r", self.channel_name, exc)
             return False
         return True
-
-
-def _cut_short() -> bool:
-    """Take back the first cancellation of the closing task (see `Connection._finish`) and
-    return False, for `flush`: what is left of the close does not wait for the client any
-    more. A second cancellation is not taken back: the close ends where it is."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling() <= 1:
-        task.uncancel()
-        return False
-    raise asyncio.CancelledError
 
 
 def close_reason(reason: str) -> str:
