@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -250,19 +251,22 @@ class ChatConsumer(BaseConsumer):
         rooms = self.rooms
         try:
             for room in rooms:
-                # Still a member of the group here (the library leaves groups after this hook):
-                # its presence row goes, then the user's other connections are looked at, under
-                # the lock, so of two connections closing at once only the last sends it.
+                # Its presence row goes, then the user's other connections are looked at and the
+                # room told, under the lock: of two connections closing at once only the last
+                # sends it, and a join of another connection cannot slip in between.
                 async with PRESENCE.hold(room, self.uid):
                     await self.database.remove_presence(self.channel_name, room)
-                    gone = not await self._others_present(room)
-                if gone:
-                    await self._presence(
-                        room, frame(UserLeftFrame(room=room, user_id=self.uid, username=self.username))
-                    )
-            await self.database.remove_channel_presence(self.channel_name)
+                    if not await self._others_present(room):
+                        await self._presence(
+                            room, frame(UserLeftFrame(room=room, user_id=self.uid, username=self.username))
+                        )
         except DatabaseClosedError:
             pass  # shutting down: the server's presence rows are cleared in the lifespan
+        finally:
+            # Whatever happened above (an error, a cut hook): no row of this connection stays,
+            # or `_others_present` would count it for the user's other connections forever.
+            with contextlib.suppress(DatabaseClosedError):
+                await self.database.remove_channel_presence(self.channel_name)
 
     # --- rooms ---------------------------------------------------------------------------------
     async def on_join_room(self, message: Message) -> None:
@@ -282,12 +286,19 @@ class ChatConsumer(BaseConsumer):
 
     async def _join(self, room: str, info: dict[str, Any], since: tuple[str, int] | None = None) -> None:
         group = room_group(room)
+        was_member = group in self.connection.groups
+        # The room is a history group: with `since`, the messages missed after it are sent
+        # here, before anything below, then live ones (none twice, none missing).
+        joined = await self.join_group(group, since=since)
         async with PRESENCE.hold(room, self.uid):  # of two connections joining at once, one is first
-            newly_present = group not in self.connection.groups and not await self._others_present(room)
-            # The room is a history group: with `since`, the messages missed after it are sent
-            # here, before anything below, then live ones (none twice, none missing).
-            joined = await self.join_group(group, since=since)
+            if not self.connection.is_open:
+                return  # closing meanwhile: its on_disconnect removes what it has; nothing to tell
+            newly_present = not was_member and not await self._others_present(room)
             await self.database.add_presence(self.channel_name, room, self.uid, self.manager.server_id)
+            if newly_present:
+                await self._presence(
+                    room, frame(UserJoinedRoomFrame(room=room, user_id=self.uid, username=self.username))
+                )
         await self.send_frame(
             RoomJoinedFrame(
                 room=room,
@@ -308,10 +319,6 @@ class ChatConsumer(BaseConsumer):
                 MessageHistoryFrame(room=room, messages=[HistoryMessage(**row) for row in history])
             )
         await self.send_frame(RoomUsersFrame(room=room, users=await self.room_users(room)))
-        if newly_present:
-            await self._presence(
-                room, frame(UserJoinedRoomFrame(room=room, user_id=self.uid, username=self.username))
-            )
 
     async def on_leave_room(self, message: Message) -> None:
         data: RoomData = message.data
@@ -321,13 +328,13 @@ class ChatConsumer(BaseConsumer):
             await self.leave_group(group)
             await self.database.remove_presence(self.channel_name, data.room)
             gone = not await self._others_present(data.room)
+            if gone:
+                await self.manager.send_to_group(
+                    group,
+                    frame(UserLeftRoomFrame(room=data.room, user_id=self.uid, username=self.username)),
+                    history=False,
+                )
         await self.send_frame(RoomLeftFrame(room=data.room, user_id=self.uid, username=self.username))
-        if gone:
-            await self.manager.send_to_group(
-                group,
-                frame(UserLeftRoomFrame(room=data.room, user_id=self.uid, username=self.username)),
-                history=False,
-            )
 
     async def on_create_room(self, message: Message) -> None:
         data: CreateRoomData = message.data
