@@ -13,39 +13,29 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI
 
 from fastapi_channels import ConnectionManager
 from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.testing import Communicator, LocalCluster
 from tests.support.eventually import eventually
+from tests.support.member_app import member_app
 from tests.support.redis_server import RedisProcess
 
 
-def _app(manager: ConnectionManager) -> FastAPI:
-    app = FastAPI()
-
-    @app.websocket("/ws/{user_id}")
-    async def endpoint(websocket: WebSocket, user_id: str) -> None:
-        connection = await manager.connect(websocket, user_id=user_id)
-        await manager.join_group(connection.channel_name, "room")
-        await manager.send_personal(connection.channel_name, {"type": "joined"})
-        try:
-            while True:
-                await websocket.receive_text()
-        except WebSocketDisconnect:
-            await manager.disconnect(connection.channel_name)
-
-    return app
+def room_member(manager: ConnectionManager) -> FastAPI:
+    return member_app(manager, join="room")
 
 
 async def test_a_group_with_members_outlives_the_shortest_group_expiry(redis_server: RedisProcess) -> None:
-    async with LocalCluster(1, redis_url=redis_server.url, app_factory=_app, REDIS_GROUP_EXPIRY=3) as cluster:
+    async with LocalCluster(
+        1, redis_url=redis_server.url, app_factory=room_member, REDIS_GROUP_EXPIRY=3
+    ) as cluster:
         (manager,) = cluster.managers
         backend = manager.backend
         assert isinstance(backend, RedisBackend) and backend.tick == 1.0
         async with Communicator(cluster.apps[0], "/ws/member") as member:
-            assert await member.receive_json_from(5) == {"type": "joined"}
+            assert (await member.receive_json_from(5))["type"] == "hello"  # joined "room"
             for _ in range(7):  # 7 s: the expiry (3 s) passes twice over
                 await asyncio.sleep(1)
                 assert await manager.group_size("room") == 1
@@ -55,10 +45,12 @@ async def test_a_group_that_expired_with_members_is_written_back(redis_server: R
     """A keeper tick late past the expiry (a stalled loop, a slow Redis) used to lose the group
     for good: the refresh only extended keys that still existed. Made here by deleting the
     group's keys, as the expiry would."""
-    async with LocalCluster(1, redis_url=redis_server.url, app_factory=_app, REDIS_GROUP_EXPIRY=3) as cluster:
+    async with LocalCluster(
+        1, redis_url=redis_server.url, app_factory=room_member, REDIS_GROUP_EXPIRY=3
+    ) as cluster:
         (manager,) = cluster.managers
         async with Communicator(cluster.apps[0], "/ws/member") as member:
-            assert await member.receive_json_from(5) == {"type": "joined"}
+            assert (await member.receive_json_from(5))["type"] == "hello"  # joined "room"
             client = aioredis.Redis.from_url(redis_server.url)
             try:
                 assert await client.delete(f"{cluster.prefix}group:room", f"{cluster.prefix}gsrv:room") == 2
@@ -76,14 +68,16 @@ async def test_every_server_writes_its_members_of_an_expired_group_back(redis_se
     """With members on two servers, the first server's write-back recreated the group's keys,
     and the second then found them present and never wrote its own member back (review of
     9fcddeb): a server checks that its own count is there, not only the key."""
-    async with LocalCluster(2, redis_url=redis_server.url, app_factory=_app, REDIS_GROUP_EXPIRY=3) as cluster:
+    async with LocalCluster(
+        2, redis_url=redis_server.url, app_factory=room_member, REDIS_GROUP_EXPIRY=3
+    ) as cluster:
         first, _ = cluster.managers
         async with (
             Communicator(cluster.apps[0], "/ws/one") as one,
             Communicator(cluster.apps[1], "/ws/two") as two,
         ):
             for member in (one, two):
-                assert await member.receive_json_from(5) == {"type": "joined"}
+                assert (await member.receive_json_from(5))["type"] == "hello"  # joined "room"
             assert await first.group_size("room") == 2
             client = aioredis.Redis.from_url(redis_server.url)
             try:

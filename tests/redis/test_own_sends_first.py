@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import websockets
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, WebSocket
 
 from fastapi_channels import ConnectionManager, WSConfig
 from fastapi_channels.exceptions import ConnectionError as ChannelsConnectionError
 from fastapi_channels.testing import Communicator, LocalCluster, serve
 from tests.support.client import Client
 from tests.support.eventually import eventually
+from tests.support.member_app import member_app
 from tests.support.redis_server import RedisProcess
 from tests.support.serving import FAST, SANSIO, StartServer
 
@@ -168,31 +169,13 @@ async def test_live_frames_past_a_replays_hold_are_counted_as_dropped(start_serv
         assert len(offsets) == len(set(offsets))  # and nothing twice
 
 
-def _cluster_app(manager: ConnectionManager) -> FastAPI:
-    app = FastAPI()
-
-    @app.websocket("/ws/{user_id}")
-    async def endpoint(websocket: WebSocket, user_id: str) -> None:
-        connection = await manager.connect(websocket, user_id=user_id)
-        await manager.send_personal(
-            connection.channel_name, {"type": "hello", "channel_name": connection.channel_name}
-        )
-        try:
-            while True:
-                await websocket.receive_text()
-        except WebSocketDisconnect:
-            await manager.disconnect(connection.channel_name)
-
-    return app
-
-
 async def test_a_send_from_one_server_then_a_leave_on_another_reaches_the_member_first(
     redis_server: RedisProcess,
 ) -> None:
     """Nothing but the order of the two calls links them: the leave fences the group's
     partition (a token through the leaving server's own probe channel), so the send that
     Redis handed that server's reader before reaches the member first."""
-    async with LocalCluster(2, redis_url=redis_server.url, app_factory=_cluster_app) as cluster:
+    async with LocalCluster(2, redis_url=redis_server.url, app_factory=member_app) as cluster:
         sender, owner = cluster.managers
         async with Communicator(cluster.apps[1], "/ws/member") as member:
             name = (await member.receive_json_from(5))["channel_name"]
@@ -210,7 +193,7 @@ async def test_sends_from_one_server_then_a_disconnect_on_another_reach_the_clie
 ) -> None:
     """The same for a kick: the owner fences every partition the connection hears through
     (its groups', and the home's for its user, its inbox and everyone) before it closes."""
-    async with LocalCluster(2, redis_url=redis_server.url, app_factory=_cluster_app) as cluster:
+    async with LocalCluster(2, redis_url=redis_server.url, app_factory=member_app) as cluster:
         sender, owner = cluster.managers
         for round_ in range(10):
             member = Communicator(cluster.apps[1], f"/ws/member{round_}")

@@ -14,30 +14,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from fastapi_channels import ConnectionManager, Emitter, WSConfig
+from fastapi_channels import Emitter, WSConfig
 from fastapi_channels.testing import Communicator, LocalCluster
 from tests.support.eventually import eventually
+from tests.support.member_app import member_app
 from tests.support.redis_server import RedisProcess
-
-
-def _app(manager: ConnectionManager) -> FastAPI:
-    app = FastAPI()
-
-    @app.websocket("/ws/{user_id}")
-    async def endpoint(websocket: WebSocket, user_id: str) -> None:
-        connection = await manager.connect(websocket, user_id=user_id)
-        await manager.send_personal(
-            connection.channel_name, {"type": "hello", "name": connection.channel_name}
-        )
-        try:
-            while True:
-                await websocket.receive_text()
-        except WebSocketDisconnect:
-            await manager.disconnect(connection.channel_name)
-
-    return app
 
 
 async def _publishes(redis_url: str) -> int:
@@ -55,12 +37,12 @@ async def test_a_personal_send_to_a_connection_closed_on_another_server_says_fal
     backend: str, redis_server: RedisProcess
 ) -> None:
     redis_url = redis_server.url if backend == "redis" else None
-    async with LocalCluster(2, redis_url=redis_url, app_factory=_app) as cluster:
+    async with LocalCluster(2, redis_url=redis_url, app_factory=member_app) as cluster:
         sender, owner = cluster.managers
         member = Communicator(cluster.apps[1], "/ws/member")
         connected, _ = await member.connect()
         assert connected
-        name = (await member.receive_json_from(5))["name"]
+        name = (await member.receive_json_from(5))["channel_name"]
 
         assert await sender.send_personal(name, {"type": "personal", "data": "open"}) is True
         assert await member.receive_json_from(5) == {"type": "personal", "data": "open"}
@@ -79,7 +61,7 @@ async def test_a_personal_send_to_a_connection_closed_on_another_server_says_fal
 
 
 async def test_an_emitter_says_false_for_a_connection_that_closed(redis_server: RedisProcess) -> None:
-    async with LocalCluster(1, redis_url=redis_server.url, app_factory=_app) as cluster:
+    async with LocalCluster(1, redis_url=redis_server.url, app_factory=member_app) as cluster:
         config = WSConfig(
             BACKEND_TYPE="redis", REDIS_URL=redis_server.url, REDIS_CHANNEL_PREFIX=cluster.prefix
         )
@@ -87,7 +69,7 @@ async def test_an_emitter_says_false_for_a_connection_that_closed(redis_server: 
         member = Communicator(cluster.apps[0], "/ws/member")
         connected, _ = await member.connect()
         assert connected
-        name = (await member.receive_json_from(5))["name"]
+        name = (await member.receive_json_from(5))["channel_name"]
         async with Emitter(config) as emitter:
             assert await emitter.send_personal(name, {"type": "personal", "data": "open"}) is True
             assert await member.receive_json_from(5) == {"type": "personal", "data": "open"}

@@ -10,32 +10,14 @@ gone (its connections went with it) makes a disconnect a quiet success.
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from fastapi_channels import ConnectionManager, Emitter, WSConfig
 from fastapi_channels.backends.redis import RedisBackend
 from fastapi_channels.exceptions import ConnectionError as ChannelsConnectionError
 from fastapi_channels.testing import Communicator, LocalCluster
 from tests.support.eventually import eventually
+from tests.support.member_app import member_app
 from tests.support.redis_server import RedisProcess
-
-
-def _app(manager: ConnectionManager) -> FastAPI:
-    app = FastAPI()
-
-    @app.websocket("/ws/{user_id}")
-    async def endpoint(websocket: WebSocket, user_id: str) -> None:
-        connection = await manager.connect(websocket, user_id=user_id)
-        await manager.send_personal(
-            connection.channel_name, {"type": "hello", "name": connection.channel_name}
-        )
-        try:
-            while True:
-                await websocket.receive_text()
-        except WebSocketDisconnect:
-            await manager.disconnect(connection.channel_name)
-
-    return app
 
 
 async def _go_deaf(manager: ConnectionManager) -> None:
@@ -53,13 +35,13 @@ async def _go_deaf(manager: ConnectionManager) -> None:
 async def test_a_kick_sent_to_an_owner_that_does_not_hear_raises_and_the_client_stays_open(
     redis_server: RedisProcess,
 ) -> None:
-    async with LocalCluster(2, redis_url=redis_server.url, app_factory=_app) as cluster:
+    async with LocalCluster(2, redis_url=redis_server.url, app_factory=member_app) as cluster:
         kicker, owner = cluster.managers
         config = WSConfig(
             BACKEND_TYPE="redis", REDIS_URL=redis_server.url, REDIS_CHANNEL_PREFIX=cluster.prefix
         )
         async with Communicator(cluster.apps[1], "/ws/victim") as victim, Emitter(config) as emitter:
-            name = (await victim.receive_json_from(5))["name"]
+            name = (await victim.receive_json_from(5))["channel_name"]
             await _go_deaf(owner)
 
             with pytest.raises(ChannelsConnectionError) as raised:
@@ -74,7 +56,7 @@ async def test_a_kick_sent_to_an_owner_that_does_not_hear_raises_and_the_client_
 
 
 async def test_a_kick_of_a_connection_whose_server_is_gone_is_done(redis_server: RedisProcess) -> None:
-    async with LocalCluster(2, redis_url=redis_server.url, app_factory=_app) as cluster:
+    async with LocalCluster(2, redis_url=redis_server.url, app_factory=member_app) as cluster:
         kicker, owner = cluster.managers
         config = WSConfig(
             BACKEND_TYPE="redis", REDIS_URL=redis_server.url, REDIS_CHANNEL_PREFIX=cluster.prefix
@@ -82,7 +64,7 @@ async def test_a_kick_of_a_connection_whose_server_is_gone_is_done(redis_server:
         victim = Communicator(cluster.apps[1], "/ws/victim")
         connected, _ = await victim.connect()
         assert connected
-        name = (await victim.receive_json_from(5))["name"]
+        name = (await victim.receive_json_from(5))["channel_name"]
         await owner.stop_tasks()  # closes its connections and leaves the cluster
         await eventually(lambda: owner.get_connection(name) is None)
 
